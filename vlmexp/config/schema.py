@@ -1,0 +1,127 @@
+"""Structured config: the typed skeleton every composed run is merged into.
+
+Hydra merges the YAML groups into these dataclasses, so a misspelt key (``data.limt=3``) or a value
+of the wrong type (``train.lr=fast``) fails at composition time. Groups whose keys depend on the
+plugin (``task``, ``engine``, ``logger``) stay open here; their keys are checked against the plugin's
+constructor by :mod:`vlmexp.config.validate` before anything heavy is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Mode(str, Enum):
+    train = "train"
+    eval = "eval"
+    train_eval = "train_eval"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hf_id: str | None = None
+    # A callable (``_target_``) that returns a local checkpoint folder; used instead of hf_id
+    # when set (the tiny model builds itself offline this way).
+    local_builder: Any = None
+    ollama_tag: str | None = None
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    min_pixels: int = 256 * 28 * 28
+    max_pixels: int = 1280 * 28 * 28
+    trust_remote_code: bool = False
+    revision: str | None = None
+    # Name of a smaller model config to switch to on CUDA out-of-memory at batch size 1.
+    fallback: str | None = None
+    notes: str = ""
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    attn_implementation: str = "auto"  # auto | flash_attention_2 | sdpa | eager
+    quantization: int | None = None  # 4 or 8 (bitsandbytes, CUDA only)
+    multi_gpu: bool = False
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    quant_bits: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 2e-5
+    batch_size: int = 2
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    patience: int = 2
+    eval_every_steps: int | None = None
+    max_steps: int | None = None
+    freeze_vision: bool = True
+    freeze_projector: bool = False
+    freeze_llm: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # Optional multi-stage schedule (binary task); each item overrides keys of this block.
+    stages: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    format: str | None = None
+    limit: int | None = None
+    train_root: str | None = None
+    val_root: str | None = None
+    frame_stride: int = 1
+    labels_file: str | None = None
+    train_file: str | None = None
+    val_file: str | None = None
+    test_file: str | None = None
+    image_dir: str | None = None
+    # Parameters of the generated dataset used when no dataset is given (quickstart, tests).
+    synthetic: Any = None
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/vlmexp"
+    # Crash-safe prediction files, keyed by config fingerprint (not by Hydra's timestamped dir).
+    predictions_dir: str = "${paths.cache_dir}/predictions"
+
+
+@dataclass
+class RunConfig:
+    mode: Mode = MISSING
+    seed: int = 42
+    resume: bool = True
+    task: Any = MISSING
+    model: ModelConfig = MISSING
+    engine: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="vlmexp_schema", node=RunConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

@@ -1,0 +1,70 @@
+"""Checks that run on the composed config before anything heavy is imported or built.
+
+Each failure is a :class:`ConfigError` whose message names the key and the bad value or path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from vlmexp.errors import ConfigError
+
+_PATH_KEYS = ("root", "train_root", "val_root", "train_file", "val_file", "test_file", "image_dir")
+_RESERVED = {"_target_", "_recursive_", "_convert_", "_partial_"}
+
+
+def check_target_keys(node: DictConfig, key: str, *, exclude: tuple[str, ...] = ()) -> None:
+    """Every key of a ``_target_`` node must be a parameter of the class it names (catches typos)."""
+    target = node.get("_target_")
+    if not target:
+        raise ConfigError(f"{key}._target_ is missing")
+    try:
+        cls = get_class(target)
+    except Exception as exc:
+        raise ConfigError(f"{key}._target_={target}: cannot import it ({exc})") from None
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = set(params) - {"self"}
+    for name in node:
+        if name not in _RESERVED and name not in accepted and name not in exclude:
+            options = ", ".join(sorted(accepted - set(exclude) - {"run", "model", "processor"}))
+            raise ConfigError(f"{key}.{name}: unknown key for {cls.__name__} (known keys: {options})")
+
+
+def validate(cfg: DictConfig) -> None:
+    try:
+        mode = str(cfg.mode.value if hasattr(cfg.mode, "value") else cfg.mode)
+    except Exception as exc:
+        raise ConfigError(f"mode: {exc}".splitlines()[0]) from None
+    data = cfg.data
+    if data.limit is not None and data.limit < 0:
+        raise ConfigError(f"data.limit={data.limit}: must be a positive number of samples (or null for all)")
+    if data.frame_stride < 1:
+        raise ConfigError(f"data.frame_stride={data.frame_stride}: must be >= 1")
+    for key in _PATH_KEYS:
+        value = data.get(key)
+        if value is not None and not Path(value).expanduser().exists():
+            raise ConfigError(f"data.{key}={value}: no such file or folder")
+    train = cfg.train
+    for key in ("epochs", "batch_size", "grad_accum"):
+        if train[key] < 1:
+            raise ConfigError(f"train.{key}={train[key]}: must be >= 1")
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr={train.lr}: must be > 0")
+    if train.patience < 1:
+        raise ConfigError(f"train.patience={train.patience}: must be >= 1")
+    check_target_keys(cfg.task, "task")
+    check_target_keys(cfg.engine, "engine")
+    check_target_keys(cfg.logger, "logger")
+    task_modes = get_class(cfg.task._target_).modes
+    if mode not in task_modes:
+        raise ConfigError(f"mode={mode}: task={cfg.task.name} supports {', '.join(task_modes)}")
+    if "train" in mode and not get_class(cfg.engine._target_).trains_in_process:
+        raise ConfigError(f"mode={mode}: training needs engine=hf (engine._target_={cfg.engine._target_} "
+                          "only serves a model); use mode=eval")
+    OmegaConf.to_container(cfg, resolve=True)  # any broken interpolation fails here, by key

@@ -1,0 +1,37 @@
+"""The engine protocol: generate a batch of chat requests; score candidate answers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from vlmexp.messages import ChatRequest, Generation
+
+
+class Engine(ABC):
+    """A way to run a model. Engines are built with ``hydra.utils.instantiate(cfg.engine)``."""
+
+    #: Whether :meth:`score` is available (log-probabilities of given answers).
+    supports_scoring: bool = False
+    #: Whether video inputs go to the model natively (else callers send frames as images).
+    supports_video: bool = False
+    #: Whether the engine holds the model in this process (so a run can fine-tune it first).
+    trains_in_process: bool = False
+
+    @abstractmethod
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
+        """Answer each request; the result list is in the order of ``requests``."""
+
+    def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each candidate as the complete answer to each request."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score candidate answers")
+
+    def preferred_batch_size(self) -> int:
+        return 1
+
+    def run_metrics(self) -> dict[str, float]:
+        """Engine-level totals for the run (token counts, throughput), logged beside the task's."""
+        return {}
+
+    def close(self) -> None:
+        """Release the model or the connection."""

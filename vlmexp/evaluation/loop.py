@@ -1,0 +1,38 @@
+"""The generic evaluation loop: batches samples through a task and an engine, resumably."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from vlmexp.evaluation.store import PredictionStore
+
+log = logging.getLogger(__name__)
+
+
+class PredictionLoop:
+    """Runs ``task.predict(engine, batch)`` over the samples not yet in the store.
+
+    Every finished batch is appended to the store before the next starts, so a crash or kill loses
+    at most one batch, and rerunning the same command carries on where it stopped.
+    """
+
+    def __init__(self, batch_size: int | None = None):
+        self.batch_size = batch_size
+
+    def run(self, task, engine, samples: Sequence, store: PredictionStore, desc: str = "evaluate") -> list[dict]:
+        done = store.load()
+        todo = [s for s in samples if s.id not in done]
+        if done and todo:
+            log.info("%s: resuming, %d of %d samples already done", desc, len(samples) - len(todo), len(samples))
+        size = max(1, self.batch_size or engine.preferred_batch_size())
+        with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                store.append(task.predict(engine, batch))
+                bar.update(len(batch))
+        done = store.load()
+        return [done[s.id] for s in samples]

@@ -1,0 +1,35 @@
+"""Where vlmexp finds its configs and keeps its caches, whatever the working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _bundled_or_source(name: str) -> Path:
+    # A built wheel ships the folder inside the package; a source checkout (editable install)
+    # keeps it at the repository root, one level up.
+    for candidate in (PACKAGE_DIR / name, PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"vlmexp installation is incomplete: no '{name}' folder near {PACKAGE_DIR}")
+
+
+def conf_dir() -> Path:
+    return _bundled_or_source("conf")
+
+
+def experiments_dir() -> Path:
+    return _bundled_or_source("experiments")
+
+
+def source_root() -> Path | None:
+    """The git checkout vlmexp runs from, if any (for the commit tag)."""
+    root = PACKAGE_DIR.parent
+    return root if (root / ".git").exists() else None
+
+
+def expand(path: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(os.fspath(path))).resolve()

@@ -1,0 +1,78 @@
+"""What makes a run reproducible: config fingerprint, dataset fingerprint, code and package versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vlmexp.paths import source_root
+
+# Keys that change how a run executes, not what it predicts; left out of the fingerprint so
+# that, for example, raising data.limit or engine.concurrency reuses the finished predictions.
+_EXECUTION_KEYS = {"batch_size", "concurrency", "timeout_s", "max_retries", "host", "base_url", "pull",
+                   "keep_alive", "api_key_env"}
+
+
+def config_fingerprint(cfg: DictConfig, mode: str) -> str:
+    """Hash of the resolved config parts that affect predictions."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("logger", "paths", "resume", "hydra"):
+        data.pop(key, None)
+    data["data"].pop("limit", None)
+    data["engine"] = {k: v for k, v in data["engine"].items() if k not in _EXECUTION_KEYS}
+    data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
+    if "train" not in mode:
+        data.pop("train", None)
+    data["mode"] = mode
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sample_record(sample) -> dict:
+    record = dataclasses.asdict(sample) if dataclasses.is_dataclass(sample) else {"id": sample.id}
+    path = getattr(sample, "path", None)
+    if path is not None:
+        p = Path(path)
+        record["path"] = p.name
+        record["size"] = p.stat().st_size if p.exists() else -1
+    return record
+
+
+def dataset_fingerprint(splits: dict[str, list | None]) -> str:
+    """Hash of every sample's id, label and file size, per split."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for sample in splits[split] or []:
+            digest.update(json.dumps([split, _sample_record(sample)], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """Commit of the vlmexp source itself (found from the package location, not the cwd)."""
+    root = source_root()
+    if root is None:
+        return "unknown (installed package)"
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("vlmexp", "torch", "transformers", "peft", "accelerate", "mlflow", "hydra-core"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

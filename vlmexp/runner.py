@@ -1,0 +1,191 @@
+"""The generic runner: validate, seed, open the tracking run, train and/or evaluate via plugins."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vlmexp.config.validate import validate
+from vlmexp.evaluation.store import PredictionStore
+from vlmexp.paths import expand
+from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """What plugins get from the runner: the config plus the run's folders and tracker."""
+
+    cfg: DictConfig
+    output_dir: Path  # this job's Hydra run dir (human-facing files)
+    work_dir: Path  # keyed by config fingerprint: predictions and checkpoints, found again on rerun
+    tracker: object
+    fingerprint: str
+    checkpoint: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        mode = self.cfg.mode
+        return mode.value if hasattr(mode, "value") else str(mode)
+
+    @cached_property
+    def placement(self):
+        from vlmexp.hardware import resolve_placement
+
+        return resolve_placement(self.cfg.hardware, self.cfg.model)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        pass
+
+
+def flatten(node, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix.rstrip(".")] = node
+    return out
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | None = None,
+        sweep: str | None = None) -> dict[str, float]:
+    """Run one job of the composed config; returns the final metrics."""
+    validate(cfg)
+    mode = cfg.mode.value if hasattr(cfg.mode, "value") else str(cfg.mode)
+    fingerprint = config_fingerprint(cfg, mode)
+    work_dir = expand(cfg.paths.cache_dir) / "runs" / cfg.task.name / fingerprint
+    if not cfg.resume and work_dir.exists():
+        log.info("resume=false: starting over (removing %s)", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir or work_dir / "output")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    task = instantiate(cfg.task, _recursive_=False)
+    tracker = instantiate(cfg.logger)
+    ctx = RunContext(cfg, output_dir, work_dir, tracker, fingerprint)
+    seed_everything(cfg.seed)
+    splits = task.load_splits(ctx)  # data errors surface before any model is built
+
+    run_id_file = work_dir / "mlflow_run_id"
+    previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    run_name = f"{task.name}-{cfg.model.name}-{cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
+    run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep)
+    if run_id:
+        run_id_file.write_text(run_id)
+    try:
+        _log_run_inputs(ctx, splits, overrides)
+        metrics = _execute(ctx, task, splits, mode)
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return metrics
+
+
+def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None) -> None:
+    cfg, tracker = ctx.cfg, ctx.tracker
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tracker.log_params(flatten(resolved))
+    tags = {"vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
+            "vlmexp.dataset_fingerprint": dataset_fingerprint(
+                {"train": splits.train, "val": splits.val, "test": splits.test}),
+            "vlmexp.mode": ctx.mode, "vlmexp.task": cfg.task.name, "vlmexp.model": cfg.model.name}
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    tracker.set_tags(tags)
+    config_file = ctx.output_dir / "resolved_config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    overrides_file = ctx.output_dir / "overrides.yaml"
+    overrides_file.write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
+    tracker.log_artifact(config_file)
+    tracker.log_artifact(overrides_file)
+    if splits.skipped:
+        tracker.log_metrics({k: float(v) for k, v in splits.skipped.items()})
+
+
+def _execute(ctx: RunContext, task, splits, mode: str) -> dict[str, float]:
+    cfg = ctx.cfg
+    metrics: dict[str, float] = {}
+    engine = None
+    if "train" in mode:
+        trainer = instantiate(task.trainer)
+        result = trainer.fit(ctx, task, splits)
+        ctx.checkpoint = str(result.checkpoint_dir)
+        _log_training_outputs(ctx, result)
+        if mode == "train_eval":
+            engine = instantiate(cfg.engine, _partial_=True)(run=ctx, model=result.model, processor=result.processor)
+        metrics["best_epoch"] = float(result.best_epoch)
+    if mode != "train":
+        if engine is None:
+            engine = instantiate(cfg.engine, _partial_=True)(run=ctx)
+        metrics.update(_evaluate(ctx, task, engine, splits.test))
+    _print_table(task, metrics)
+    return metrics
+
+
+def _log_training_outputs(ctx: RunContext, result) -> None:
+    from vlmexp.plots import loss_curve
+
+    plot = loss_curve(result.history["train"], result.history["val"], ctx.output_dir / "loss_curve.png",
+                      f"{ctx.cfg.task.name} / {ctx.cfg.model.name}")
+    ctx.tracker.log_artifact(plot)
+    size = sum(f.stat().st_size for f in result.checkpoint_dir.rglob("*") if f.is_file())
+    if size <= 200 * 1024 * 1024:
+        ctx.tracker.log_artifact(result.checkpoint_dir, "checkpoint")
+    ctx.tracker.set_tags({"vlmexp.checkpoint_dir": str(result.checkpoint_dir)})
+
+
+def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
+    store = PredictionStore(ctx.work_dir / "predictions.jsonl")
+    loop = instantiate(task.evaluator)
+    began = time.perf_counter()
+    try:
+        records = loop.run(task, engine, samples, store, desc=f"evaluate {task.name}")
+    finally:
+        engine.close()
+    elapsed = time.perf_counter() - began
+    metrics = task.compute_metrics(records)
+    metrics.update(engine.run_metrics())
+    metrics["eval_wall_s"] = elapsed
+    ctx.tracker.log_metrics(metrics)
+    predictions = ctx.output_dir / "predictions.jsonl"
+    shutil.copyfile(store.path, predictions)
+    ctx.tracker.log_artifact(predictions)
+    for path in task.write_artifacts(records, metrics, ctx.output_dir):
+        ctx.tracker.log_artifact(path)
+    return metrics
+
+
+def _print_table(task, metrics: dict[str, float]) -> None:
+    keys = [k for k in task.summary_keys() if k in metrics] or sorted(metrics)
+    if not keys:
+        return
+    width = max(len(k) for k in keys)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 10}"]
+    lines += [f"{k.ljust(width)}  {metrics[k]:.4f}" if isinstance(metrics[k], float) else
+              f"{k.ljust(width)}  {metrics[k]}" for k in keys]
+    print("\n".join(lines))

@@ -1,0 +1,66 @@
+"""What a task plugin provides. A task is one module (a subclass of :class:`Task`) plus one YAML in
+``conf/task/`` whose ``_target_`` names it; the runner never branches on task names."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmexp.errors import ConfigError
+
+
+@dataclass
+class TrainingExample:
+    """One supervised pair: the request as the model will see it and the answer it should give.
+    ``load`` builds the request lazily (images are read when the batch is made)."""
+
+    id: str
+    load: Any  # () -> tuple[ChatRequest, str]
+
+
+@dataclass
+class Splits:
+    train: list | None
+    val: list | None
+    test: list | None
+    # Counts of samples dropped while loading (missing files and the like), logged as metrics.
+    skipped: dict[str, int] | None = None
+
+
+class Task(ABC):
+    #: Modes this task can run; the runner refuses others with one clear line.
+    modes: tuple[str, ...] = ("train", "eval", "train_eval")
+
+    def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None):
+        self.name = name
+        self.default_mode = default_mode
+        self.trainer = trainer
+        self.evaluator = evaluator
+
+    # -- data -----------------------------------------------------------------------------------
+    @abstractmethod
+    def load_splits(self, run) -> Splits:
+        """The samples of each split the current mode needs (each with a unique ``id``)."""
+
+    def training_examples(self, samples: Sequence) -> list[TrainingExample]:
+        raise ConfigError(f"task={self.name} has no supervised training; use mode=eval")
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, engine, samples: Sequence) -> list[dict]:
+        """One JSON-serialisable record per sample, with ``id``; a sample that cannot be read gives
+        ``{"id": ..., "skipped": "reason"}`` instead of raising."""
+
+    @abstractmethod
+    def compute_metrics(self, records: list[dict]) -> dict[str, float]:
+        ...
+
+    def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
+        return []
+
+    def summary_keys(self) -> list[str]:
+        """Metrics shown in the terminal's results table."""
+        return []
