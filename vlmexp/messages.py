@@ -7,7 +7,7 @@ A task builds :class:`ChatRequest` objects; an engine turns them into its own wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
 
@@ -28,7 +28,7 @@ class VideoPart:
     fps: float = 1.0
 
 
-Part = Union[TextPart, ImagePart, VideoPart]
+Part = TextPart | ImagePart | VideoPart
 
 
 @dataclass(frozen=True)

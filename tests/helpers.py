@@ -1,0 +1,66 @@
+"""Test doubles that are real plugins: a scripted engine the runner can instantiate by _target_."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlmexp.engines.base import Engine
+from vlmexp.messages import ChatRequest, Generation
+
+
+class ScriptedEngine(Engine):
+    """Answers from a script instead of a model.
+
+    ``answers`` maps a key to the text to answer; the key of a request is the size-and-pixel
+    fingerprint of its first image (see :func:`image_key`) or, without images, its last text.
+    ``default`` answers anything unscripted. ``interrupt_after`` raises KeyboardInterrupt once that
+    many requests have been answered (a user pressing Ctrl-C mid-run).
+    """
+
+    supports_scoring = True
+
+    def __init__(self, answers: dict | str | None = None, default: str = "", latency_s: float = 0.01,
+                 batch_size: int = 4, interrupt_after: int | None = None, scores: dict | None = None, *, run=None,
+                 model=None, processor=None):
+        if isinstance(answers, str):  # a JSON file written by the test
+            answers = json.loads(Path(answers).read_text())
+        self.answers = dict(answers or {})
+        self.scores = dict(scores or {})
+        self.default = default
+        self.latency_s = latency_s
+        self.batch_size = batch_size
+        self.interrupt_after = interrupt_after
+        self.calls: list[ChatRequest] = []
+
+    def preferred_batch_size(self) -> int:
+        return self.batch_size
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
+        out = []
+        for request in requests:
+            if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+                raise KeyboardInterrupt
+            self.calls.append(request)
+            text = self.answers.get(request_key(request), self.default)
+            sizes = [tuple(img.size) for img in request.images]
+            out.append(Generation(text=text, latency_s=self.latency_s, image_sizes=sizes))
+        return out
+
+    def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
+        self.calls.extend(requests)
+        return [list(self.scores.get(request_key(r), [0.0] * len(candidates))) for r in requests]
+
+
+def image_key(image) -> str:
+    """A stable key for an image's content: size plus the colour of a few pixels."""
+    w, h = image.size
+    probes = [image.getpixel((x * (w - 1) // 4, y * (h - 1) // 4)) for x in range(5) for y in range(5)]
+    return f"{w}x{h}:" + ",".join("".join(f"{c:02x}" for c in p) for p in probes)
+
+
+def request_key(request: ChatRequest) -> str:
+    if request.images:
+        return image_key(request.images[0])
+    return request.messages[-1].text
