@@ -16,14 +16,19 @@ class ScriptedEngine(Engine):
     ``answers`` maps a key to the text to answer; the key of a request is the size-and-pixel
     fingerprint of its first image (see :func:`image_key`) or, without images, its last text.
     ``default`` answers anything unscripted. ``interrupt_after`` raises KeyboardInterrupt once that
-    many requests have been answered (a user pressing Ctrl-C mid-run).
+    many requests have been answered (a user pressing Ctrl-C mid-run) — with a ``call_log``, once
+    only, counting what earlier runs answered, so a rerun of the same config goes through; ``fail_after`` raises
+    RuntimeError instead (a crash). ``call_log`` appends the key of every answered request to a file,
+    so a test can see what a run sent. Other keyword arguments (the ``engine=hf`` keys left in the
+    composed config when only ``engine._target_`` is overridden) are ignored.
     """
 
     supports_scoring = True
 
     def __init__(self, answers: dict | str | None = None, default: str = "", latency_s: float = 0.01,
-                 batch_size: int = 4, interrupt_after: int | None = None, scores: dict | None = None, *, run=None,
-                 model=None, processor=None):
+                 batch_size: int = 4, interrupt_after: int | None = None, fail_after: int | None = None,
+                 scores: dict | None = None, call_log: str | None = None, *, run=None, model=None, processor=None,
+                 **_engine_keys):
         if isinstance(answers, str):  # a JSON file written by the test
             answers = json.loads(Path(answers).read_text())
         self.answers = dict(answers or {})
@@ -32,6 +37,8 @@ class ScriptedEngine(Engine):
         self.latency_s = latency_s
         self.batch_size = batch_size
         self.interrupt_after = interrupt_after
+        self.fail_after = fail_after
+        self.call_log = Path(call_log) if call_log else None
         self.calls: list[ChatRequest] = []
 
     def preferred_batch_size(self) -> int:
@@ -40,13 +47,28 @@ class ScriptedEngine(Engine):
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         out = []
         for request in requests:
-            if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
-                raise KeyboardInterrupt
+            if self.interrupt_after is not None and self._answered() >= self.interrupt_after:
+                if self.call_log is None:
+                    raise KeyboardInterrupt
+                fired = self.call_log.with_suffix(".interrupted")
+                if not fired.exists():
+                    fired.touch()
+                    raise KeyboardInterrupt
+            if self.fail_after is not None and len(self.calls) >= self.fail_after:
+                raise RuntimeError("scripted engine crash")
             self.calls.append(request)
+            if self.call_log:
+                with self.call_log.open("a") as fh:
+                    fh.write(request_key(request) + "\n")
             text = self.answers.get(request_key(request), self.default)
             sizes = [tuple(img.size) for img in request.images]
             out.append(Generation(text=text, latency_s=self.latency_s, image_sizes=sizes))
         return out
+
+    def _answered(self) -> int:
+        if self.call_log is not None and self.call_log.is_file():
+            return len(self.call_log.read_text().splitlines())
+        return len(self.calls)
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         self.calls.extend(requests)

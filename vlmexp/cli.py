@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmexp.config.experiments import register_experiments
+from vlmexp.config.preflight import preflight
 from vlmexp.config.schema import register_configs
 from vlmexp.errors import VlmexpError
 from vlmexp.paths import conf_dir
@@ -38,4 +39,5 @@ def _job(cfg: DictConfig) -> None:
 def main() -> None:
     register_configs()
     register_experiments()
+    preflight(str(conf_dir()))
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)()

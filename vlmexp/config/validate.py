@@ -36,7 +36,13 @@ def check_target_keys(node: DictConfig, key: str, *, exclude: tuple[str, ...] = 
             raise ConfigError(f"{key}.{name}: unknown key for {cls.__name__} (known keys: {options})")
 
 
+_TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths"}
+
+
 def validate(cfg: DictConfig) -> None:
+    unknown = sorted(set(cfg) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {', '.join(sorted(_TOP_LEVEL))})")
     try:
         mode = str(cfg.mode.value if hasattr(cfg.mode, "value") else cfg.mode)
     except Exception as exc:
