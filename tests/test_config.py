@@ -38,7 +38,8 @@ def test_model_configs_name_real_ids_only():
     qwen7b = compose_config(["model=qwen7b"]).model
     assert (qwen7b.hf_id, qwen7b.ollama_tag) == ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5vl:7b")
     assert compose_config(["model=moondream2"]).model.trust_remote_code is True
-    assert not any(compose_config([f"model={m}"]).model.trust_remote_code for m in options("model") if m != "moondream2")
+    others = [m for m in options("model") if m != "moondream2"]
+    assert not any(compose_config([f"model={m}"]).model.trust_remote_code for m in others)
 
 
 def test_quickstart_defaults():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -59,7 +61,7 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(quickstart):
 def test_resolved_config_artifact_has_the_job_keys(quickstart):
     _, runs, _, _ = quickstart
     path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="resolved_config.yaml")
-    text = open(path).read()
+    text = Path(path).read_text()
     assert "${" not in text  # interpolations resolved
     for key in ("mode:", "seed:", "task:", "model:", "engine:", "hardware:", "logger:", "data:", "train:"):
         assert f"\n{key}" in "\n" + text
