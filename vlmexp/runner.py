@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.config.validate import validate
@@ -87,6 +87,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     ctx = RunContext(cfg, output_dir, work_dir, tracker, fingerprint)
     seed_everything(cfg.seed)
     splits = task.load_splits(ctx)  # data errors surface before any model is built
+    if "train" in mode or get_class(cfg.engine._target_).trains_in_process:
+        ctx.placement  # noqa: B018 - device/precision errors surface before the tracking run opens
 
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
