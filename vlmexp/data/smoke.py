@@ -22,10 +22,12 @@ _OFFSET = re.compile(r"_([+-]\d+)$")
 class SmokeFrame:
     id: str
     path: Path
-    sequence: str
+    sequence: str | None  # None for single images (yolo layout)
     index: int  # position in the sequence after ordering and striding
     boxes: list[list[float]] = field(default_factory=list)  # smoke boxes, [cx, cy, w, h]
     time_s: float | None = None
+    # Set on the robustness copy: the seed of its camera-shake + motion-blur perturbation.
+    perturb_seed: int | None = None
 
     @property
     def has_smoke(self) -> bool:
@@ -36,8 +38,14 @@ def read_yolo_labels(path: Path, smoke_classes: set[int]) -> list[list[float]]:
     """Smoke boxes of one label file; a malformed line raises DataError naming file and line."""
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: label file is not UTF-8 text (expected YOLO lines 'class cx cy w h')") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read label file ({exc.strerror or exc})") from None
     boxes = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -87,7 +95,7 @@ def load_yolo(root: Path, smoke_classes: set[int]) -> list[SmokeFrame]:
     if not images_dir.is_dir():
         raise DataError(f"{root}: data.format=yolo expects an images/ folder (and labels/ beside it)")
     paths = sorted((p for p in images_dir.iterdir() if p.is_file() and is_image(p)), key=lambda p: natural_key(p.name))
-    return [SmokeFrame(id=p.name, path=p, sequence=p.stem, index=0,
+    return [SmokeFrame(id=p.name, path=p, sequence=None, index=0,
                        boxes=read_yolo_labels(labels_dir / f"{p.stem}.txt", smoke_classes)) for p in paths]
 
 

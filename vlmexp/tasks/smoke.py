@@ -2,37 +2,67 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vlmexp.data.images import UnreadableImage, open_image
+from vlmexp.data.perturb import perturbation_seed, shake_and_blur, transform_boxes
 from vlmexp.data.smoke import SmokeFrame, load_smoke_dataset
 from vlmexp.errors import ConfigError
-from vlmexp.evaluation.classification import binary_metrics, latency_metrics
-from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
+from vlmexp.evaluation.smoke_metrics import SCORE_TERMS, SmokeScoring
+from vlmexp.messages import ChatRequest, ImagePart, Message, TextPart, chat
 from vlmexp.tasks.base import Splits, Task, TrainingExample
 from vlmexp.tasks.smoke_contract import RESPONSE_SCHEMA, format_smoke_answer, parse_smoke_answer
 
 log = logging.getLogger(__name__)
 
+# (record variant, metric key suffix): the set as given, and its camera-shake + motion-blur copy.
+VARIANTS = (("clean", ""), ("robust", "_robust"))
+
 
 class SmokeTask(Task):
     def __init__(self, name: str = "smoke", default_mode: str = "eval", trainer=None, evaluator=None, *,
                  system_prompt: str, user_prompt: str, smoke_classes: Sequence[int] = (0,),
-                 bad_json: str = "negative", iou_threshold: float = 0.4, max_new_tokens: int = 64):
+                 bad_json: str = "negative", iou_threshold: float = 0.4, max_new_tokens: int = 64,
+                 calibration: bool = True, localisation: bool = True, robustness: bool = False,
+                 robustness_seed: int = 0, robustness_shake: float = 0.03, robustness_blur: float = 0.02,
+                 explain: bool = False, explain_prompt: str = "Explain your JSON in 20 words.",
+                 explain_max_new_tokens: int = 64, score_weights: Mapping[str, float] | None = None,
+                 latency_budget_s: float = 1.0, gallery_size: int = 12):
         super().__init__(name, default_mode, trainer, evaluator)
-        if bad_json not in ("negative", "discard"):
-            raise ConfigError(f"task.bad_json={bad_json}: expected 'negative' or 'discard'")
-        self.system_prompt = system_prompt
-        self.user_prompt = user_prompt
+        self.system_prompt, self.user_prompt = system_prompt, user_prompt
         self.smoke_classes = list(smoke_classes)
-        self.bad_json = bad_json
-        self.iou_threshold = iou_threshold
         self.max_new_tokens = max_new_tokens
+        self.robustness, self.robustness_seed = robustness, robustness_seed
+        self.robustness_shake, self.robustness_blur = robustness_shake, robustness_blur
+        self.explain, self.explain_prompt, self.explain_max_new_tokens = explain, explain_prompt, explain_max_new_tokens
+        self.gallery_size = gallery_size
+        weights = dict(score_weights) if score_weights is not None else SmokeScoring().score_weights
+        self.scoring = SmokeScoring(bad_json, iou_threshold, calibration, localisation, weights, latency_budget_s)
+
+    def check_settings(self) -> None:
+        """Raise ConfigError naming the first bad task key. Called by load_splits, the runner's first call,
+        rather than the constructor, whose errors Hydra would wrap in a multi-line traceback."""
+        s = self.scoring
+        if s.bad_json not in ("negative", "discard"):
+            raise ConfigError(f"task.bad_json={s.bad_json}: expected 'negative' or 'discard'")
+        if not 0 < s.iou_threshold <= 1:
+            raise ConfigError(f"task.iou_threshold={s.iou_threshold}: must be in (0, 1]")
+        weights = s.score_weights
+        if set(weights) - set(SCORE_TERMS) or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise ConfigError(f"task.score_weights={weights}: expected non-negative weights for "
+                              f"{', '.join(SCORE_TERMS)} with a positive sum")
+        if s.latency_budget_s <= 0:
+            raise ConfigError(f"task.latency_budget_s={s.latency_budget_s}: must be > 0")
+        for key in ("robustness_shake", "robustness_blur"):
+            if not 0 <= getattr(self, key) < 0.5:
+                raise ConfigError(f"task.{key}={getattr(self, key)}: must be in [0, 0.5)")
 
     # -- data -----------------------------------------------------------------------------------
     def load_splits(self, run) -> Splits:
+        self.check_settings()
         data, mode = run.cfg.data, run.mode
         roots = {"train": data.train_root, "val": data.val_root, "test": data.root}
         if data.root is None:
@@ -51,9 +81,19 @@ class SmokeTask(Task):
                 return None
             return load_smoke_dataset(root, data.format or "sequences", self.smoke_classes, data.frame_stride, limit)
 
+        test = load(roots["test"], data.limit) if mode != "train" else None
+        if test and self.robustness:
+            test += [dataclasses.replace(f, id=f"robust/{f.id}", perturb_seed=perturbation_seed(self.robustness_seed,
+                                                                                                 f.id)) for f in test]
         return Splits(train=load(roots["train"]) if training else None,
-                      val=load(roots["val"]) if training else None,
-                      test=load(roots["test"], data.limit) if mode != "train" else None)
+                      val=load(roots["val"]) if training else None, test=test)
+
+    def image_as_sent(self, frame_path, perturb_seed: int | None):
+        """The image the model is shown (the perturbed copy for the robustness set) and the affine used."""
+        image = open_image(frame_path)
+        if perturb_seed is None:
+            return image, None
+        return shake_and_blur(image, perturb_seed, self.robustness_shake, self.robustness_blur)
 
     # -- requests -------------------------------------------------------------------------------
     def request(self, image) -> ChatRequest:
@@ -70,57 +110,87 @@ class SmokeTask(Task):
     def predict(self, engine, samples: Sequence[SmokeFrame]) -> list[dict]:
         records, requests, kept = [], [], []
         for frame in samples:
+            variant = "clean" if frame.perturb_seed is None else "robust"
             try:
-                image = open_image(frame.path)
+                image, matrix = self.image_as_sent(frame.path, frame.perturb_seed)
             except UnreadableImage as exc:
-                log.warning("skipping unreadable image %s", exc)
-                records.append({"id": frame.id, "skipped": str(exc)})
+                if variant == "clean":  # its robust copy is skipped silently: name it once
+                    log.warning("skipping unreadable image %s", exc)
+                records.append({"id": frame.id, "variant": variant, "sequence": frame.sequence,
+                                "frame": frame.index, "skipped": str(exc)})
                 continue
+            boxes = frame.boxes if matrix is None else transform_boxes(frame.boxes, matrix, image.size)
             requests.append(self.request(image))
-            kept.append((frame, image.size))
-        for (frame, size), gen in zip(kept, engine.generate(requests) if requests else []):
-            sent = gen.image_sizes[0] if gen.image_sizes else size
-            answer = parse_smoke_answer(gen.text, sent)
-            records.append({
-                "id": frame.id, "sequence": frame.sequence, "frame": frame.index, "time_s": frame.time_s,
-                "width": size[0], "height": size[1], "truth": frame.has_smoke, "true_boxes": frame.boxes,
+            kept.append((frame, variant, image.size, boxes))
+        generations = engine.generate(requests) if requests else []
+        explain = []
+        for (frame, variant, size, boxes), request, gen in zip(kept, requests, generations):
+            answer = parse_smoke_answer(gen.text, gen.image_sizes[0] if gen.image_sizes else size)
+            record = {
+                "id": frame.id, "variant": variant, "sequence": frame.sequence, "frame": frame.index,
+                "time_s": frame.time_s, "path": str(frame.path), "perturb_seed": frame.perturb_seed,
+                "width": size[0], "height": size[1], "truth": bool(boxes), "true_boxes": boxes,
                 "parse_ok": answer.parse_ok and gen.error is None, "pred": answer.has_smoke,
-                "pred_box": answer.boxes[0] if answer.boxes else None, "raw": gen.text,
+                "pred_boxes": answer.boxes, "confidence": answer.confidence, "raw": gen.text,
                 "latency_s": gen.latency_s, "error": gen.error,
-            })
+            }
+            records.append(record)
+            if self.explain and record["parse_ok"] and record["pred"]:
+                explain.append((record, request))
+        if explain:
+            self._explain(engine, explain)
         order = {frame.id: i for i, frame in enumerate(samples)}
         return sorted(records, key=lambda r: order[r["id"]])
 
-    def scored(self, records: list[dict]) -> list[dict]:
-        """The evaluated records that count, with BAD_JSON handled as configured."""
-        evaluated = [r for r in records if not r.get("skipped")]
-        if self.bad_json == "discard":
-            return [r for r in evaluated if r["parse_ok"]]
-        return [dict(r, pred=r["pred"] if r["parse_ok"] else False) for r in evaluated]
+    def explain_request(self, request: ChatRequest, answer: str) -> ChatRequest:
+        """The same conversation, the model's answer, then the explanation question (free text)."""
+        return ChatRequest(request.messages + [Message("assistant", [TextPart(answer)]),
+                                               Message("user", [TextPart(self.explain_prompt)])],
+                           max_new_tokens=self.explain_max_new_tokens)
+
+    def _explain(self, engine, pairs: list[tuple[dict, ChatRequest]]) -> None:
+        """Seed 002's explainability block: a follow-up turn per smoke prediction, stored, not scored."""
+        followups = [self.explain_request(request, record["raw"]) for record, request in pairs]
+        for (record, _), gen in zip(pairs, engine.generate(followups)):
+            record["explanation"] = gen.text if gen.error is None else None
+            if gen.error:
+                record["explanation_error"] = gen.error
 
     def compute_metrics(self, records: list[dict]) -> dict[str, float]:
-        evaluated = [r for r in records if not r.get("skipped")]
-        scored = self.scored(records)
-        metrics = binary_metrics([r["truth"] for r in scored], [r["pred"] for r in scored])
-        metrics.update({
-            "parse_success_rate": sum(r["parse_ok"] for r in evaluated) / len(evaluated) if evaluated else 0.0,
-            "skipped_images": float(len(records) - len(evaluated)),
-            "num_images": float(len(evaluated)),
-            "engine_errors": float(sum(1 for r in evaluated if r.get("error"))),
-        })
-        metrics.update(latency_metrics([r["latency_s"] for r in evaluated]))
+        metrics: dict[str, float] = {}
+        for variant, suffix in VARIANTS:
+            subset = [r for r in records if r.get("variant", "clean") == variant]
+            if subset:
+                metrics.update({f"{k}{suffix}": v for k, v in self.scoring.metrics(subset).items()})
         return metrics
 
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
+        from vlmexp.evaluation.smoke_artifacts import gallery_png, predictions_csv
         from vlmexp.plots import confusion_matrix_png
 
-        scored = self.scored(records)
-        if not scored:
-            return []
+        paths = [predictions_csv(records, out_dir / "predictions.csv")]
         label = {True: "smoke", False: "no smoke"}
-        return [confusion_matrix_png([label[r["truth"]] for r in scored], [label[r["pred"]] for r in scored],
-                                     ["no smoke", "smoke"], out_dir / "confusion_matrix.png", "smoke (image level)")]
+        for variant, suffix in VARIANTS:
+            scored = self.scoring.scored([r for r in records if r.get("variant", "clean") == variant])
+            if not scored:
+                continue
+            paths.append(confusion_matrix_png(
+                [label[r["truth"]] for r in scored], [label[r["pred"]] for r in scored], ["no smoke", "smoke"],
+                out_dir / f"confusion_matrix{suffix}.png", f"smoke (image level, {variant})"))
+            gallery = gallery_png(scored, self._gallery_image, out_dir / f"gallery{suffix}.png", self.gallery_size)
+            if gallery:
+                paths.append(gallery)
+        return paths
+
+    def _gallery_image(self, record: dict):
+        try:
+            return self.image_as_sent(record["path"], record.get("perturb_seed"))[0]
+        except UnreadableImage:
+            return None
 
     def summary_keys(self) -> list[str]:
         return ["accuracy", "precision", "recall", "f1", "false_positive_rate", "parse_success_rate",
-                "num_images", "skipped_images", "latency_p50_s"]
+                "mean_iou", "iou40_hit_rate", "map_iou40", "ttd_frames_mean", "ttd_seconds_mean",
+                "sequences_detected", "sequences_missed", "false_alarm_sequences", "num_images", "skipped_images",
+                "latency_p50_s", "early_fire_score", "f1_robust", "early_fire_score_robust"]
+

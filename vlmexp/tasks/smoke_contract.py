@@ -1,7 +1,8 @@
 """The smoke output contract: ``{"has_smoke": bool, "bbox": [cx, cy, w, h]}``, normalised 0..1.
 
 Also accepted: Qwen2.5-VL's grounding form, an object or a list of objects with
-``bbox_2d: [x1, y1, x2, y2]`` in pixels of the image the model was given.
+``bbox_2d: [x1, y1, x2, y2]`` in pixels of the image the model was given. An optional
+``"confidence"`` number in 0..1 is kept as the detection score (for average precision).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ RESPONSE_SCHEMA = {
     "properties": {
         "has_smoke": {"type": "boolean"},
         "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
     },
     "required": ["has_smoke", "bbox"],
 }
@@ -27,6 +29,7 @@ class SmokeAnswer:
     parse_ok: bool
     has_smoke: bool = False
     boxes: list[list[float]] = field(default_factory=list)  # normalised [cx, cy, w, h]
+    confidence: float | None = None  # the answer's own "confidence", when it gives a valid one
 
 
 def _candidates(text: str):
@@ -50,6 +53,13 @@ def _numbers(value, n: int = 4) -> list[float] | None:
     return None
 
 
+def _confidence(obj: dict) -> float | None:
+    value = obj.get("confidence")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
+
+
 def _from_object(obj: dict, image_size: tuple[int, int] | None) -> SmokeAnswer | None:
     has = obj.get("has_smoke")
     if has is not None and not isinstance(has, bool):
@@ -58,7 +68,7 @@ def _from_object(obj: dict, image_size: tuple[int, int] | None) -> SmokeAnswer |
         box = _numbers(obj["bbox"])
         if box is None or has is None:
             return None
-        return SmokeAnswer(True, has, [box] if has else [])
+        return SmokeAnswer(True, has, [box] if has else [], _confidence(obj))
     if "bbox_2d" in obj:
         corners = _numbers(obj["bbox_2d"])
         if corners is None or not image_size:
@@ -67,7 +77,7 @@ def _from_object(obj: dict, image_size: tuple[int, int] | None) -> SmokeAnswer |
         x1, y1, x2, y2 = corners
         box = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, abs(x2 - x1) / w, abs(y2 - y1) / h]
         smoke = True if has is None else has
-        return SmokeAnswer(True, smoke, [box] if smoke else [])
+        return SmokeAnswer(True, smoke, [box] if smoke else [], _confidence(obj))
     return None
 
 
@@ -86,7 +96,9 @@ def parse_smoke_answer(text: str, image_size: tuple[int, int] | None = None) -> 
             parts = [_from_object(v, image_size) for v in value]
             if any(p is None for p in parts):
                 continue
-            answer = SmokeAnswer(True, any(p.has_smoke for p in parts), [b for p in parts for b in p.boxes])
+            scores = [p.confidence for p in parts if p.confidence is not None]
+            answer = SmokeAnswer(True, any(p.has_smoke for p in parts), [b for p in parts for b in p.boxes],
+                                 max(scores) if scores else None)
         else:
             continue
         if answer is not None:

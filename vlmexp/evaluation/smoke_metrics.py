@@ -1,0 +1,89 @@
+"""Every metric of the Early-Fire benchmark for one set of smoke prediction records.
+
+Image level (scikit-learn), localisation (:mod:`vlmexp.evaluation.detection`), sequences
+(:mod:`vlmexp.evaluation.sequences`), false-positive rate per resolution bucket, cost, and the
+``early_fire_score`` that folds detection quality, time-to-detect and latency into one number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vlmexp.evaluation.classification import binary_metrics, latency_metrics
+from vlmexp.evaluation.detection import localisation_metrics
+from vlmexp.evaluation.sequences import sequence_metrics, ttd_score
+
+# Standard video heights; an image goes to the one nearest its short side (160x120 -> 240p).
+RESOLUTION_BUCKETS = (240, 360, 480, 720, 1080, 1440, 2160)
+SCORE_TERMS = ("detection", "time_to_detect", "latency")
+
+
+def resolution_bucket(width: int, height: int) -> int:
+    short = min(width, height)
+    return min(RESOLUTION_BUCKETS, key=lambda b: (abs(b - short), b))
+
+
+def fpr_by_resolution(records: Sequence[dict]) -> dict[str, float]:
+    """``fpr_<bucket>p``: false-positive rate among the clear images of each resolution bucket."""
+    negatives: dict[int, list[bool]] = {}
+    for r in records:
+        if not r["truth"]:
+            negatives.setdefault(resolution_bucket(r["width"], r["height"]), []).append(r["pred"])
+    return {f"fpr_{b}p": sum(preds) / len(preds) for b, preds in sorted(negatives.items())}
+
+
+def latency_score(latency_p50_s: float, budget_s: float) -> float:
+    """1 for an instant answer, 0.5 at the latency budget, towards 0 beyond it."""
+    return budget_s / (budget_s + latency_p50_s)
+
+
+def early_fire_score(terms: Mapping[str, float | None], weights: Mapping[str, float]) -> float:
+    """Weighted mean of the available terms (a None term, e.g. time-to-detect on single images,
+    drops out and the other weights are renormalised)."""
+    used = {k: w for k, w in weights.items() if terms.get(k) is not None and w > 0}
+    total = sum(used.values())
+    return sum(w * terms[k] for k, w in used.items()) / total if total else 0.0
+
+
+@dataclass
+class SmokeScoring:
+    """How records are scored (the task's config keys)."""
+
+    bad_json: str = "negative"  # negative | discard
+    iou_threshold: float = 0.4
+    calibration: bool = True
+    localisation: bool = True
+    score_weights: dict[str, float] = field(default_factory=lambda: dict(detection=0.5, time_to_detect=0.3,
+                                                                          latency=0.2))
+    latency_budget_s: float = 1.0
+
+    def scored(self, records: Sequence[dict]) -> list[dict]:
+        """The evaluated records that count, with BAD_JSON answers handled as configured."""
+        evaluated = [r for r in records if not r.get("skipped")]
+        if self.bad_json == "discard":
+            return [r for r in evaluated if r["parse_ok"]]
+        return [r if r["parse_ok"] else dict(r, pred=False, pred_boxes=[]) for r in evaluated]
+
+    def metrics(self, records: Sequence[dict]) -> dict[str, float]:
+        evaluated = [r for r in records if not r.get("skipped")]
+        scored = self.scored(records)
+        metrics = binary_metrics([r["truth"] for r in scored], [r["pred"] for r in scored])
+        metrics.update({
+            "parse_success_rate": sum(r["parse_ok"] for r in evaluated) / len(evaluated) if evaluated else 0.0,
+            "skipped_images": float(len(records) - len(evaluated)),
+            "num_images": float(len(evaluated)),
+            "engine_errors": float(sum(1 for r in evaluated if r.get("error"))),
+        })
+        metrics.update(latency_metrics([r["latency_s"] for r in evaluated]))
+        if self.localisation and scored:
+            metrics.update(localisation_metrics(scored, self.iou_threshold))
+        metrics.update(sequence_metrics(scored))
+        if self.calibration:
+            metrics.update(fpr_by_resolution(scored))
+        if scored:
+            terms = {"detection": metrics["f1"], "time_to_detect": ttd_score(scored),
+                     "latency": latency_score(metrics["latency_p50_s"], self.latency_budget_s)}
+            metrics.update({"ttd_score": terms["time_to_detect"], "latency_score": terms["latency"]})
+            metrics["early_fire_score"] = early_fire_score(terms, self.score_weights)
+        return {k: v for k, v in metrics.items() if v is not None}
