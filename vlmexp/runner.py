@@ -14,6 +14,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.config.validate import validate
+from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.store import PredictionStore
 from vlmexp.paths import expand
 from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
@@ -43,6 +44,21 @@ class RunContext:
         from vlmexp.hardware import resolve_placement
 
         return resolve_placement(self.cfg.hardware, self.cfg.model)
+
+
+def build(node, *, partial: bool = False, **kwargs):
+    """``hydra.utils.instantiate`` that lets a plugin constructor's user-facing error through as is
+    (Hydra wraps constructor errors in an InstantiationException with the whole call in its text)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        if partial:
+            return instantiate(node, _partial_=True)(**kwargs)
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, VlmexpError):
+            raise exc.__cause__ from None
+        raise
 
 
 def seed_everything(seed: int) -> None:
@@ -82,8 +98,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     output_dir = Path(output_dir or work_dir / "output")
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    task = instantiate(cfg.task, _recursive_=False)
-    tracker = instantiate(cfg.logger)
+    task = build(cfg.task, _recursive_=False)
+    tracker = build(cfg.logger)
     ctx = RunContext(cfg, output_dir, work_dir, tracker, fingerprint)
     seed_everything(cfg.seed)
     splits = task.load_splits(ctx)  # data errors surface before any model is built
@@ -134,16 +150,16 @@ def _execute(ctx: RunContext, task, splits, mode: str) -> dict[str, float]:
     metrics: dict[str, float] = {}
     engine = None
     if "train" in mode:
-        trainer = instantiate(task.trainer)
+        trainer = build(task.trainer)
         result = trainer.fit(ctx, task, splits)
         ctx.checkpoint = str(result.checkpoint_dir)
         _log_training_outputs(ctx, result)
         if mode == "train_eval":
-            engine = instantiate(cfg.engine, _partial_=True)(run=ctx, model=result.model, processor=result.processor)
+            engine = build(cfg.engine, partial=True, run=ctx, model=result.model, processor=result.processor)
         metrics["best_epoch"] = float(result.best_epoch)
     if mode != "train":
         if engine is None:
-            engine = instantiate(cfg.engine, _partial_=True)(run=ctx)
+            engine = build(cfg.engine, partial=True, run=ctx)
         metrics.update(_evaluate(ctx, task, engine, splits.test))
     _print_table(task, metrics)
     return metrics
@@ -163,7 +179,7 @@ def _log_training_outputs(ctx: RunContext, result) -> None:
 
 def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
     store = PredictionStore(ctx.work_dir / "predictions.jsonl")
-    loop = instantiate(task.evaluator)
+    loop = build(task.evaluator)
     began = time.perf_counter()
     try:
         records = loop.run(task, engine, samples, store, desc=f"evaluate {task.name}")
