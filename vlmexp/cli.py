@@ -19,6 +19,7 @@ log = logging.getLogger("vlmexp")
 
 def _job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import InstantiationException
     from hydra.types import RunMode
 
     from vlmexp.runner import run
@@ -27,9 +28,13 @@ def _job(cfg: DictConfig) -> None:
     sweep = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
     try:
         run(cfg, output_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), sweep=sweep)
-    except VlmexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except (VlmexpError, InstantiationException) as exc:
+        # instantiate() wraps what a plugin's constructor raises (a task rejecting its config keys)
+        error = exc.__cause__ if isinstance(exc, InstantiationException) else exc
+        if not isinstance(error, VlmexpError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
