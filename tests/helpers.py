@@ -15,6 +15,8 @@ class ScriptedEngine(Engine):
 
     ``answers`` maps a key to the text to answer; the key of a request is the size-and-pixel
     fingerprint of its first image (see :func:`image_key`) or, without images, its last text.
+    ``scores`` maps a key to the log-probabilities :meth:`score` returns; ``answers`` and ``scores``
+    may also name a JSON file holding that mapping.
     ``default`` answers anything unscripted. ``interrupt_after`` raises KeyboardInterrupt once that
     many requests have been answered (a user pressing Ctrl-C mid-run) — with a ``call_log``, once
     only, counting what earlier runs answered, so a rerun of the same config goes through; ``fail_after`` raises
@@ -27,10 +29,12 @@ class ScriptedEngine(Engine):
 
     def __init__(self, answers: dict | str | None = None, default: str = "", latency_s: float = 0.01,
                  batch_size: int = 4, interrupt_after: int | None = None, fail_after: int | None = None,
-                 scores: dict | None = None, call_log: str | None = None, *, run=None, model=None, processor=None,
-                 **_engine_keys):
+                 scores: dict | str | None = None, call_log: str | None = None, *, run=None, model=None,
+                 processor=None, **_engine_keys):
         if isinstance(answers, str):  # a JSON file written by the test
             answers = json.loads(Path(answers).read_text())
+        if isinstance(scores, str):
+            scores = json.loads(Path(scores).read_text())
         self.answers = dict(answers or {})
         self.scores = dict(scores or {})
         self.default = default
@@ -73,6 +77,15 @@ class ScriptedEngine(Engine):
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         self.calls.extend(requests)
         return [list(self.scores.get(request_key(r), [0.0] * len(candidates))) for r in requests]
+
+
+class GenerateOnlyScriptedEngine(ScriptedEngine):
+    """A scripted engine that, like a chat server, cannot score candidate answers."""
+
+    supports_scoring = False
+
+    def score(self, requests, candidates):
+        return Engine.score(self, requests, candidates)
 
 
 def image_key(image) -> str:

@@ -1,4 +1,10 @@
-"""In-process Hugging Face transformers engine: batched greedy generation and answer scoring."""
+"""In-process Hugging Face transformers engine: batched greedy generation and answer scoring.
+
+On CUDA out-of-memory the engine halves its batch and retries the same requests; at one request
+per batch it switches to ``model.fallback`` (a smaller model config), logging the switch and
+recording it as run tags. It never changes model silently, and never when it was handed a
+fine-tuned model.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vlmexp.engines.base import Engine
+from vlmexp.errors import EngineError
 from vlmexp.messages import ChatRequest, Generation, ImagePart, TextPart, VideoPart
 
 log = logging.getLogger(__name__)
@@ -40,21 +47,122 @@ class HFEngine(Engine):
     def __init__(self, batch_size: int = 8, max_new_tokens: int = 96, do_sample: bool = False,
                  temperature: float = 1.0, *, run=None, model=None, processor=None):
         self.batch_size = batch_size
+        self._configured_batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
         self.temperature = temperature
-        if model is None:
-            from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
-
-            checkpoint = run.checkpoint or resolve_checkpoint(run.cfg.model)
-            processor = load_processor(checkpoint, run.cfg.model)
-            model = load_model(checkpoint, run.cfg.model, run.placement)
-        self.model = model
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.run = run
+        self.model_cfg = run.cfg.model if run is not None else None
+        # Switching model is only right for a model loaded from its config, not a fine-tuned one.
+        self._may_switch_model = model is None and run is not None and not run.checkpoint
+        self._models_tried: list[str] = []
+        self._oom_retries = 0
+        self._answered = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._generate_seconds = 0.0
+        if model is None:
+            if self._may_switch_model and self.model_cfg.get("fallback"):
+                from vlmexp.models.configs import model_config
+
+                model_config(self.model_cfg.fallback, run.cfg)  # a bad name fails now, not after an OOM
+            self._load_first_that_fits()
+        else:
+            self._use(model, processor)
+
+    # -- model loading and memory ---------------------------------------------------------------
+    def _use(self, model, processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    def _load(self, model_cfg) -> tuple[Any, Any]:
+        """Processor and model for ``model_cfg`` on the run's hardware."""
+        from vlmexp.hardware import resolve_placement
+        from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
+
+        checkpoint = self.run.checkpoint or resolve_checkpoint(model_cfg)
+        placement = (self.run.placement if model_cfg is self.run.cfg.model
+                     else resolve_placement(self.run.cfg.hardware, model_cfg))
+        processor = load_processor(checkpoint, model_cfg)
+        return load_model(checkpoint, model_cfg, placement), processor
+
+    def _load_first_that_fits(self) -> None:
+        """Load ``model_cfg``; on out-of-memory while loading, go down the fallback chain."""
+        import torch
+
+        while True:
+            self._models_tried.append(self.model_cfg.name)
+            try:
+                self._use(*self._load(self.model_cfg))
+                return
+            except torch.OutOfMemoryError as exc:
+                failure = _first_line(exc)
+            self.model = None
+            _free_memory()
+            self._next_model(f"CUDA out of memory while loading ({failure})")
+
+    def _next_model(self, reason: str) -> None:
+        """Make ``model.fallback`` the current model config and record the switch; EngineError if
+        there is none to switch to."""
+        from vlmexp.models.configs import model_config
+
+        current = self._model_label()
+        name = self.model_cfg.get("fallback") if self._may_switch_model else None
+        if not name:
+            why = ("no model.fallback is set" if self._may_switch_model else
+                   "the engine was handed a loaded (fine-tuned) model, which it does not replace")
+            raise EngineError(f"{current}{reason}, and {why}; try a smaller model, hardware.quantization=4 "
+                              "or a lower model.max_pixels")
+        if name in self._models_tried:
+            raise EngineError(f"{current}{reason}; model.fallback={name} was already tried "
+                              f"({' -> '.join(self._models_tried)})")
+        self._oom_retries += 1
+        self.model_cfg = model_config(name, self.run.cfg)
+        chain = " -> ".join([*self._models_tried, name])
+        log.warning("%s%s; switching to model.fallback=%s (after %d answered requests)", current, reason, name,
+                    self._answered)
+        self.run.tracker.set_tags({"vlmexp.model_fallback": chain, "vlmexp.model_fallback_reason": reason,
+                                   "vlmexp.model_fallback_after_requests": str(self._answered),
+                                   "vlmexp.model_used": name})
+        self.batch_size = self._configured_batch_size
+
+    def _model_label(self) -> str:
+        return f"model={self.model_cfg.name}: " if self.model_cfg is not None else ""
+
+    def _switch_model(self, reason: str) -> None:
+        self._next_model(reason)  # raises when there is nothing to switch to
+        self.model = None
+        _free_memory()
+        self._load_first_that_fits()
+
+    def _in_batches(self, requests: Sequence[ChatRequest], rows_per_request: int, step) -> list:
+        """``step(chunk)`` over consecutive chunks of ``batch_size // rows_per_request`` requests. On
+        out-of-memory the same chunk is retried at half the size; a single request that does not fit
+        switches to the fallback model."""
+        import torch
+
+        results: list = []
+        start = 0
+        while start < len(requests):
+            chunk = list(requests[start:start + max(1, self.batch_size // rows_per_request)])
+            try:
+                results.extend(step(chunk))
+            except torch.OutOfMemoryError as exc:
+                failure = _first_line(exc)  # handled outside the except block, so its tensors are freed
+            else:
+                self._answered += len(chunk)
+                start += len(chunk)
+                continue
+            _free_memory()
+            if len(chunk) > 1:
+                self._oom_retries += 1
+                self.batch_size = max(1, len(chunk) // 2 * rows_per_request)
+                log.warning("%sCUDA out of memory with %d requests per batch; retrying them %d at a time",
+                            self._model_label(), len(chunk), len(chunk) // 2)
+            else:
+                self._switch_model(f"CUDA out of memory at batch size 1 ({failure})")
+        return results
 
     # -- inputs -------------------------------------------------------------------------------
     def _prompt_text(self, request: ChatRequest) -> str:
@@ -63,12 +171,14 @@ class HFEngine(Engine):
 
     def _encode(self, texts: list[str], requests: Sequence[ChatRequest], padding_side: str):
         images = [img for r in requests for img in r.images]
-        videos = [v.frames for r in requests for v in r.videos]
+        videos = [(v.frames, v.fps) for r in requests for v in r.videos]
         kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
         if images:
             kwargs["images"] = images
         if videos:
-            kwargs["videos"] = videos
+            kwargs["videos"] = [frames for frames, _ in videos]
+            # The frames are already sampled; their rate sets the model's temporal positions.
+            kwargs["video_metadata"] = [{"total_num_frames": len(frames), "fps": float(fps)} for frames, fps in videos]
             kwargs["do_sample_frames"] = False
         return self.processor(**kwargs).to(self.model.device)
 
@@ -94,32 +204,32 @@ class HFEngine(Engine):
         return self.batch_size
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
+        return self._in_batches(requests, 1, self._generate_chunk)
+
+    def _generate_chunk(self, chunk: list[ChatRequest]) -> list[Generation]:
         import torch
 
-        results: list[Generation] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start:start + self.batch_size])
-            inputs = self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
-            max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
-            began = time.perf_counter()
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=self.do_sample,
-                                          temperature=self.temperature if self.do_sample else None,
-                                          top_p=None, top_k=None,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            elapsed = time.perf_counter() - began
-            prompt_len = inputs["input_ids"].shape[1]
-            new_tokens = out[:, prompt_len:]
-            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            counts = [self._count_generated(row) for row in new_tokens]
-            prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
-            sizes = self._sent_sizes(inputs, chunk)
-            for text, n_out, n_in, size in zip(texts, counts, prompt_counts, sizes):
-                results.append(Generation(text=text.strip(), latency_s=elapsed / len(chunk),
-                                          prompt_tokens=int(n_in), completion_tokens=n_out, image_sizes=size))
-            self._prompt_tokens += int(sum(prompt_counts))
-            self._completion_tokens += sum(counts)
-            self._generate_seconds += elapsed
+        inputs = self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
+        max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=self.do_sample,
+                                      temperature=self.temperature if self.do_sample else None,
+                                      top_p=None, top_k=None,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        elapsed = time.perf_counter() - began
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out[:, prompt_len:]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        counts = [self._count_generated(row) for row in new_tokens]
+        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        sizes = self._sent_sizes(inputs, chunk)
+        results = [Generation(text=text.strip(), latency_s=elapsed / len(chunk), prompt_tokens=int(n_in),
+                              completion_tokens=n_out, image_sizes=size)
+                   for text, n_out, n_in, size in zip(texts, counts, prompt_counts, sizes)]
+        self._prompt_tokens += int(sum(prompt_counts))
+        self._completion_tokens += sum(counts)
+        self._generate_seconds += elapsed
         return results
 
     def _count_generated(self, row) -> int:
@@ -138,40 +248,55 @@ class HFEngine(Engine):
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's tokens, end-of-turn token included, given the
         prompt: one forward pass per batch over every (request, candidate) pair."""
+        return self._in_batches(requests, max(1, len(candidates)), lambda chunk: self._score_chunk(chunk, candidates))
+
+    def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         import torch
 
         eos = self.tokenizer.eos_token or ""
+        prompts = [self._prompt_text(r) for r in chunk]
+        pairs = [(r, p, c) for r, p in zip(chunk, prompts) for c in candidates]
+        prompt_lens = [len(self._encode([p], [r], "right")["input_ids"][0]) for r, p in zip(chunk, prompts)]
+        inputs = self._encode([p + c + eos for _, p, c in pairs], [r for r, _, _ in pairs], "right")
+        began = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
+        self._generate_seconds += time.perf_counter() - began
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = inputs["input_ids"][:, 1:]
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
         scores: list[list[float]] = []
-        per_chunk = max(1, self.batch_size // max(1, len(candidates)))
-        for start in range(0, len(requests), per_chunk):
-            chunk = list(requests[start:start + per_chunk])
-            prompts = [self._prompt_text(r) for r in chunk]
-            pairs = [(r, p, c) for r, p in zip(chunk, prompts) for c in candidates]
-            prompt_lens = [len(self._encode([p], [r], "right")["input_ids"][0]) for r, p in zip(chunk, prompts)]
-            inputs = self._encode([p + c + eos for _, p, c in pairs], [r for r, _, _ in pairs], "right")
-            began = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits.float()
-            self._generate_seconds += time.perf_counter() - began
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = inputs["input_ids"][:, 1:]
-            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            lengths = inputs["attention_mask"].sum(dim=1).tolist()
-            for i in range(len(chunk)):
-                row = []
-                for j in range(len(candidates)):
-                    k = i * len(candidates) + j
-                    # positions predicting the candidate tokens: prompt_len-1 .. length-2
-                    row.append(float(token_lp[k, prompt_lens[i] - 1:int(lengths[k]) - 1].sum()))
-                scores.append(row)
+        for i in range(len(chunk)):
+            row = []
+            for j in range(len(candidates)):
+                k = i * len(candidates) + j
+                # positions predicting the candidate tokens: prompt_len-1 .. length-2
+                row.append(float(token_lp[k, prompt_lens[i] - 1:int(lengths[k]) - 1].sum()))
+            scores.append(row)
         return scores
 
     def run_metrics(self) -> dict[str, float]:
         metrics = {"prompt_tokens_total": float(self._prompt_tokens),
-                   "completion_tokens_total": float(self._completion_tokens)}
-        if self._generate_seconds > 0:
+                   "completion_tokens_total": float(self._completion_tokens), "oom_retries": float(self._oom_retries)}
+        if self._generate_seconds > 0 and self._completion_tokens:
             metrics["tokens_per_s"] = self._completion_tokens / self._generate_seconds
         return metrics
 
     def close(self) -> None:
         self.model = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

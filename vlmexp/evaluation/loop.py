@@ -27,12 +27,15 @@ class PredictionLoop:
         todo = [s for s in samples if s.id not in done]
         if done and todo:
             log.info("%s: resuming, %d of %d samples already done", desc, len(samples) - len(todo), len(samples))
-        size = max(1, self.batch_size or engine.preferred_batch_size())
         with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(todo), size):
+            start = 0
+            while start < len(todo):
+                # Asked each time: an engine may lower its batch size (after running out of memory).
+                size = max(1, self.batch_size or engine.preferred_batch_size())
                 batch = todo[start:start + size]
                 store.append(task.predict(engine, batch))
                 bar.update(len(batch))
+                start += len(batch)
         done = store.load()
         return [done[s.id] for s in samples]
