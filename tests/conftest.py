@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +32,22 @@ def tiny_checkpoint(cache_dir) -> str:
     return build_tiny_checkpoint(str(cache_dir))
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow SQLite store: creating the tables takes seconds, copying it does not."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _isolated_mlflow(monkeypatch, tmp_path):
-    """Never write to a real tracking store from tests."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def _isolated_mlflow(monkeypatch, tmp_path, _mlflow_template):
+    """Every test gets its own fresh tracking store; never a real one."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template, db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
 
 def compose_config(overrides: list[str] | None = None):
