@@ -38,7 +38,7 @@ def test_loads_samples_resolving_relative_and_absolute_paths(tmp_path):
     ])
     missing = MissingImages()
     samples = load_binary_jsonl(jsonl, "train", missing)
-    assert [(s.id, s.image_path, s.text, s.label) for s in samples] == [
+    assert [(s.id, s.path, s.text, s.label) for s in samples] == [
         ("train:1", rel, "smoke?", 1), ("train:3", absolute, "clear?", 0)]
     assert samples[0].source == f"{jsonl}:1"
     assert missing.count == 0
@@ -160,3 +160,24 @@ def test_seed_001_preset_composes():
     assert cfg.mode == "train_eval"
     assert cfg.train.lr == 1e-4
     assert [s.backbone for s in resolve_stages(cfg.train)] == ["frozen"]
+
+
+def test_eval_checkpoint_must_match_the_selected_model(tmp_path):
+    from hydra.utils import instantiate
+
+    from vlmexp.runner import RunContext
+
+    saved = tmp_path / "checkpoint"
+    saved.mkdir()
+    (saved / "head_config.json").write_text(json.dumps({"backbone": {"name": "qwen2_vl_2b"}}))
+    _image(tmp_path / "a.png")
+    test = _write(tmp_path / "test.jsonl", [{"image_path": "a.png", "text": "q", "label": 1}])
+    def load(model: str):
+        cfg = compose_config(["task=binary", f"model={model}", "mode=eval", f"task.checkpoint={saved}",
+                              f"data.test_file={test}"])
+        task = instantiate(cfg.task, _recursive_=False)
+        return task.load_splits(RunContext(cfg, tmp_path / "out", tmp_path / "work", None, "test"))
+
+    with pytest.raises(ConfigError, match=r"trained on model=qwen2_vl_2b, but model=tiny is selected"):
+        load("tiny")
+    assert [s.id for s in load("qwen2_vl_2b").test] == ["test:1"]

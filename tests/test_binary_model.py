@@ -188,8 +188,8 @@ def test_saved_classifiers_reload_in_a_fresh_process_with_identical_probabilitie
     jobs, expected = [], []
     for result, _, splits in (frozen, lora, full):
         samples = splits.val[:3]
-        jobs.append([str(result.checkpoint_dir), [[str(s.image_path), s.text] for s in samples]])
-        expected.append([result.model.predict(str(s.image_path), s.text, return_probs=True) for s in samples])
+        jobs.append([str(result.checkpoint_dir), [[str(s.path), s.text] for s in samples]])
+        expected.append([result.model.predict(str(s.path), s.text, return_probs=True) for s in samples])
     out = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(jobs)], capture_output=True, text=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -202,11 +202,38 @@ def test_predict_returns_the_class_or_both_probabilities(frozen):
     result, _, splits = frozen
     clf = result.model
     samples = splits.val[:4]
-    probs = [clf.predict(s.image_path, s.text, return_probs=True) for s in samples]
+    probs = [clf.predict(s.path, s.text, return_probs=True) for s in samples]
     assert all(len(p) == 2 for p in probs)
-    assert [clf.predict(str(s.image_path), s.text) for s in samples] == [int(p[1] > p[0]) for p in probs]
+    assert [clf.predict(str(s.path), s.text) for s in samples] == [int(p[1] > p[0]) for p in probs]
     from vlmexp.data.images import open_image
 
-    batch = clf.predict_batch([open_image(s.image_path) for s in samples], [s.text for s in samples],
+    batch = clf.predict_batch([open_image(s.path) for s in samples], [s.text for s in samples],
                               return_probs=True, batch_size=2)
     torch.testing.assert_close(torch.tensor(batch), torch.tensor(probs))
+
+
+def test_a_finished_training_is_reused(frozen, cache_dir, data):
+    result, ctx, splits = frozen
+    again, ctx_again, _ = fit(cache_dir, data, ctx.work_dir.parent, "train.epochs=2")
+    assert ctx_again.tracker.values("train_loss") == []  # nothing was trained
+    assert ctx_again.tracker.values("val_loss") == ctx.tracker.values("val_loss")
+    assert again.best_epoch == result.best_epoch
+    assert again.history["val"] == [list(point) for point in result.history["val"]]
+    sample = splits.val[0]
+    assert again.model.predict(sample.path, sample.text, return_probs=True) == result.model.predict(
+        sample.path, sample.text, return_probs=True)
+
+
+def test_engine_serves_the_classifier(frozen):
+    from vlmexp.data.images import open_image
+    from vlmexp.engines.classifier import ClassifierEngine
+    from vlmexp.errors import EngineError
+
+    result, _, splits = frozen
+    requests = [classification_request(open_image(s.path), s.text) for s in splits.val[:3]]
+    engine = ClassifierEngine(result.model, batch_size=4)  # one batch: the same shapes as log_probs below
+    log_probs = result.model.log_probs(requests).tolist()
+    assert engine.score(requests, ["1", "0"]) == [[row[1], row[0]] for row in log_probs]
+    assert [g.text for g in engine.generate(requests)] == [str(row.index(max(row))) for row in log_probs]
+    with pytest.raises(EngineError, match=r"cannot score \['yes'\]"):
+        engine.score(requests, ["yes", "0"])

@@ -12,7 +12,7 @@ from vlmexp.errors import DataError
 @dataclass(frozen=True)
 class BinarySample:
     id: str  # "<split>:<line>", unique within a run
-    image_path: Path
+    path: Path  # the image file (the provenance fingerprint reads its size)
     text: str
     label: int
     source: str  # file:line, for messages

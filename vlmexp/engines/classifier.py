@@ -27,15 +27,16 @@ class ClassifierEngine(Engine):
     def preferred_batch_size(self) -> int:
         return self.batch_size
 
-    def _log_probs(self, requests: Sequence[ChatRequest]) -> list[list[float]]:
+    def _log_probs(self, requests: Sequence[ChatRequest]) -> tuple[list[list[float]], float]:
+        """Log-probabilities of every class per request, and the seconds the model took."""
         rows: list[list[float]] = []
+        began = time.perf_counter()
         for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start:start + self.batch_size])
-            began = time.perf_counter()
-            rows += self.classifier.log_probs(chunk).tolist()
-            self._seconds += time.perf_counter() - began
-            self._requests += len(chunk)
-        return rows
+            rows += self.classifier.log_probs(list(requests[start:start + self.batch_size])).tolist()
+        elapsed = time.perf_counter() - began
+        self._seconds += elapsed
+        self._requests += len(requests)
+        return rows, elapsed
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         names = self.classifier.class_names
@@ -43,14 +44,13 @@ class ClassifierEngine(Engine):
         if unknown:
             raise EngineError(f"the classifier's classes are {names}; cannot score {unknown}")
         columns = [names.index(c) for c in candidates]
-        return [[row[i] for i in columns] for row in self._log_probs(requests)]
+        return [[row[i] for i in columns] for row in self._log_probs(requests)[0]]
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         """The most probable class name for each request."""
         names = self.classifier.class_names
-        rows = self._log_probs(requests)
-        latency = self._seconds / self._requests if self._requests else 0.0
-        return [Generation(text=names[max(range(len(row)), key=row.__getitem__)], latency_s=latency) for row in rows]
+        rows, elapsed = self._log_probs(requests)
+        return [Generation(text=names[row.index(max(row))], latency_s=elapsed / len(rows)) for row in rows]
 
     def run_metrics(self) -> dict[str, float]:
         if not self._seconds:

@@ -91,10 +91,10 @@ class BinaryTask(Task):
 
     def _open(self, sample: BinarySample):
         try:
-            return open_image(sample.image_path)
+            return open_image(sample.path)
         except UnreadableImage:
             if sample.id not in self.unreadable:
-                log.warning("%s: unreadable image %s; skipping the sample", sample.source, sample.image_path)
+                log.warning("%s: unreadable image %s; skipping the sample", sample.source, sample.path)
             self.unreadable.add(sample.id)
             raise
 
@@ -109,6 +109,8 @@ class BinaryTask(Task):
         from vlmexp.engines.classifier import ClassifierEngine
 
         if trained is not None:
+            if self.checkpoint:
+                log.warning("task.checkpoint=%s is ignored: evaluating the classifier just trained", self.checkpoint)
             return ClassifierEngine(trained.model, self.batch_size)
         if self.checkpoint:
             from vlmexp.models.classifier import load_classifier
@@ -141,7 +143,7 @@ class BinaryTask(Task):
             probs = np.exp(scores - scores.max(axis=1, keepdims=True))
             probs /= probs.sum(axis=1, keepdims=True)
             for sample, p in zip(kept, probs):
-                records.append({"id": sample.id, "source": sample.source, "image_path": str(sample.image_path),
+                records.append({"id": sample.id, "source": sample.source, "image_path": str(sample.path),
                                 "text": sample.text, "truth": sample.label, "pred": int(p.argmax()),
                                 "prob": float(p[1]), "probs": p.tolist()})
         order = {s.id: i for i, s in enumerate(samples)}

@@ -11,7 +11,7 @@ leaves the weights of the best epoch, which are what is saved and evaluated.
 Works with any task that provides ``class_names``, ``head`` (a ``HeadConfig``) and
 ``training_examples`` whose answers are class names. accelerate handles devices, mixed precision
 and data parallelism; peft handles LoRA. A finished training found in the run's work folder (same
-config fingerprint) is reused; an interrupted one starts over.
+config and dataset fingerprints) is reused; an interrupted one starts over.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from vlmexp.config.schema import TrainConfig
 from vlmexp.errors import ConfigError, DataError
+from vlmexp.provenance import dataset_fingerprint
 from vlmexp.trainers.modules import (
     count_parameters,
     language_linear_names,
@@ -126,12 +127,17 @@ class ClassifierTrainer:
                               f"{len(task.class_names)} positive numbers, one per class {task.class_names}")
         if not splits.train or not splits.val:
             raise ConfigError("the classifier trainer needs training and validation samples")
+        if run.placement.quantization and any(s.backbone == "full" for s in stages):
+            raise ConfigError(f"hardware.quantization={run.placement.quantization}: a quantised backbone cannot be "
+                              "fine-tuned fully; use a frozen or lora stage")
         checkpoint = run.work_dir / "checkpoint"
-        if (checkpoint / SUMMARY_FILE).is_file():
+        data = dataset_fingerprint({"train": splits.train, "val": splits.val})
+        summary = checkpoint / SUMMARY_FILE
+        if summary.is_file() and json.loads(summary.read_text()).get("data") == data:
             return self._reuse(run, checkpoint)
-        return self._train(run, task, splits, stages, checkpoint)
+        return self._train(run, task, splits, stages, checkpoint, data)
 
-    def _train(self, run, task, splits, stages: list[Stage], checkpoint: Path) -> TrainResult:
+    def _train(self, run, task, splits, stages: list[Stage], checkpoint: Path, data: str) -> TrainResult:
         import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -176,7 +182,7 @@ class ClassifierTrainer:
         changed = backbone_changed and any(s.backbone != "frozen" for s in stages[:loop.best_stage + 1])
         classifier.save(checkpoint, backbone_changed=changed)
         unreadable = len(train_set.unreadable | val_set.unreadable)
-        summary = {"best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
+        summary = {"data": data, "best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
                    "history": loop.history, "trainable_params": trainable, "total_params": total,
                    "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
         (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
