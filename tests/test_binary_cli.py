@@ -69,6 +69,7 @@ def _probs(predictions: Path) -> dict[str, list[float]]:
     return {r["id"]: r["probs"] for r in records if not r.get("skipped")}
 
 
+@pytest.mark.slow
 def test_train_eval_from_the_data_files_alone(dataset, cache_dir, tmp_path):
     data = [f"data.{split}_file={path}" for split, path in dataset.items()]
     out = run_cli(["task=binary", "model=tiny", "mode=train_eval", *data, f"paths.cache_dir={cache_dir}",

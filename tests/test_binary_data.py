@@ -14,7 +14,7 @@ from vlmexp.data.binary import load_binary_jsonl
 from vlmexp.data.jsonl import MissingImages, read_jsonl
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.classifier_spec import HeadConfig
-from vlmexp.trainers.classifier import resolve_stages
+from vlmexp.trainers.stages import resolve_stages
 
 
 def _image(path: Path) -> Path:

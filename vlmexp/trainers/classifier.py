@@ -1,8 +1,6 @@
 """Training a classifier head on a VLM backbone, in stages (seed 001).
 
-``train.stages`` is a list; each item names how the backbone trains (``backbone``: ``frozen``,
-``full`` or ``lora``) and overrides any key of the ``train`` block (``lr``, ``epochs``, ``patience``,
-``lora``, ...). An empty list is one frozen stage with the ``train`` block as it is. With the backbone
+The stages come from ``train.stages`` (:mod:`vlmexp.trainers.stages`). With the backbone
 frozen, its pooled features are computed once and the head trains on them (same result, one
 backbone pass instead of one per epoch). Cross-entropy with optional class weights; validation loss
 every epoch; early stopping across stages: a stage that never beats the best validation loss so far
@@ -20,13 +18,10 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from vlmexp.config.schema import TrainConfig
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.provenance import dataset_fingerprint
 from vlmexp.trainers.modules import (
@@ -38,54 +33,11 @@ from vlmexp.trainers.modules import (
     vision_module,
 )
 from vlmexp.trainers.sft import EarlyStopping, TrainResult
+from vlmexp.trainers.stages import Stage, resolve_stages
 
 log = logging.getLogger(__name__)
 
-BACKBONE_MODES = ("frozen", "full", "lora")
 SUMMARY_FILE = "training.json"
-
-
-@dataclass
-class Stage:
-    name: str
-    backbone: str  # frozen | full | lora
-    train: DictConfig  # the train block with this stage's overrides
-
-
-def resolve_stages(train: DictConfig) -> list[Stage]:
-    """The stages of ``train.stages``, each checked; unknown keys and bad values fail naming the item."""
-    items = list(train.stages or [])
-    if not items:
-        return [Stage("head", "frozen", train)]
-    known = {f.name for f in fields(TrainConfig)} - {"stages"}
-    stages = []
-    for i, item in enumerate(items):
-        key = f"train.stages[{i}]"
-        if not isinstance(item, (dict, DictConfig)):
-            raise ConfigError(f"{key}={item}: expected a mapping such as {{backbone: frozen, lr: 1e-3}}")
-        values = dict(item)
-        for name in values:
-            if name not in known | {"name", "backbone"}:
-                raise ConfigError(f"{key}.{name}: unknown key (known keys: name, backbone, "
-                                  f"{', '.join(sorted(known))})")
-        backbone = values.pop("backbone", "frozen")
-        if backbone not in BACKBONE_MODES:
-            raise ConfigError(f"{key}.backbone={backbone}: expected one of {', '.join(BACKBONE_MODES)}")
-        name = str(values.pop("name", f"stage{i + 1}"))
-        try:
-            merged = OmegaConf.merge(train, values)
-        except Exception as exc:
-            raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
-        for field in ("epochs", "batch_size", "grad_accum", "patience"):
-            if merged[field] < 1:
-                raise ConfigError(f"{key}.{field}={merged[field]}: must be >= 1")
-        if merged.lr <= 0:
-            raise ConfigError(f"{key}.lr={merged.lr}: must be > 0")
-        if merged.lora.quant_bits:
-            raise ConfigError(f"{key}.lora.quant_bits={merged.lora.quant_bits}: the backbone is loaded once for "
-                              "all stages; quantise it with hardware.quantization instead")
-        stages.append(Stage(name, backbone, merged))
-    return stages
 
 
 class ExampleSet:
@@ -170,8 +122,8 @@ class ClassifierTrainer:
                      stage.backbone, f"{trainable:,}", f"{total:,}")
             if stage.backbone == "frozen":
                 if features is None:
-                    features = tuple(self._extract(accelerator, module, processor, data, stage.train.batch_size)
-                                     for data in (train_set, val_set))
+                    features = tuple(self._extract(accelerator, module, processor, split, stage.train.batch_size)
+                                     for split in (train_set, val_set))
                 train_data, val_data, collate = features[0], features[1], _stack_features
             else:
                 features = None
