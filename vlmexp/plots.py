@@ -47,3 +47,17 @@ def confusion_matrix_png(truth: Sequence, pred: Sequence, labels: Sequence, path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def roc_curve_png(truth: Sequence[int], scores: Sequence[float], path: Path, title: str = "ROC curve") -> Path:
+    """ROC curve of a binary classifier: ``truth`` 0/1, ``scores`` the positive class's probability."""
+    from sklearn.metrics import RocCurveDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    RocCurveDisplay.from_predictions(list(truth), list(scores), ax=ax, plot_chance_level=True)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

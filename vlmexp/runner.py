@@ -146,7 +146,6 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None) -> Non
 
 
 def _execute(ctx: RunContext, task, splits, mode: str) -> dict[str, float]:
-    cfg = ctx.cfg
     metrics: dict[str, float] = {}
     engine = None
     if "train" in mode:
@@ -155,11 +154,11 @@ def _execute(ctx: RunContext, task, splits, mode: str) -> dict[str, float]:
         ctx.checkpoint = str(result.checkpoint_dir)
         _log_training_outputs(ctx, result)
         if mode == "train_eval":
-            engine = build(cfg.engine, partial=True, run=ctx, model=result.model, processor=result.processor)
+            engine = task.evaluation_engine(ctx, result)
         metrics["best_epoch"] = float(result.best_epoch)
     if mode != "train":
         if engine is None:
-            engine = build(cfg.engine, partial=True, run=ctx)
+            engine = task.evaluation_engine(ctx)
         metrics.update(_evaluate(ctx, task, engine, splits.test))
     _print_table(task, metrics)
     return metrics

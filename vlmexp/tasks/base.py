@@ -49,6 +49,17 @@ class Task(ABC):
         raise ConfigError(f"task={self.name} has no supervised training; use mode=eval")
 
     # -- evaluation -----------------------------------------------------------------------------
+    def evaluation_engine(self, run, trained=None):
+        """The engine evaluation runs on: the configured one (``cfg.engine``), holding the fine-tuned
+        model when ``trained`` (the trainer's result) is given. A task whose trainer produces
+        something other than a generative model overrides this."""
+        from hydra.utils import instantiate
+
+        build = instantiate(run.cfg.engine, _partial_=True)
+        if trained is None:
+            return build(run=run)
+        return build(run=run, model=trained.model, processor=trained.processor)
+
     @abstractmethod
     def predict(self, engine, samples: Sequence) -> list[dict]:
         """One JSON-serialisable record per sample, with ``id``; a sample that cannot be read gives
