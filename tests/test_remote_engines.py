@@ -21,7 +21,7 @@ from vlmexp.tasks.smoke_contract import RESPONSE_SCHEMA
 from vlmexp.tracking.null import NullTracker
 
 QWEN_TAG, QWEN_ID = "qwen2.5vl:7b", "Qwen/Qwen2.5-VL-7B-Instruct"
-FAST = ["engine.backoff_s=0.01", "engine.timeout_s=0.5", "engine.concurrency=1"]  # one at a time: faults in order
+FAST = ["engine.backoff_s=0.01", "engine.timeout_s=2", "engine.concurrency=1"]  # one at a time: faults in order
 
 
 def build_engine(tmp_path, *overrides: str, model: str = "qwen7b"):
