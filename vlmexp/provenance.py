@@ -15,8 +15,8 @@ from vlmexp.paths import source_root
 
 # Keys that change how a run executes, not what it predicts; left out of the fingerprint so
 # that, for example, raising data.limit or engine.concurrency reuses the finished predictions.
-_EXECUTION_KEYS = {"batch_size", "concurrency", "timeout_s", "max_retries", "host", "base_url", "pull",
-                   "keep_alive", "api_key_env"}
+_EXECUTION_KEYS = {"batch_size", "concurrency", "timeout_s", "max_retries", "backoff_s", "max_consecutive_failures",
+                   "host", "base_url", "pull", "keep_alive", "api_key_env"}
 
 
 def config_fingerprint(cfg: DictConfig, mode: str) -> str:

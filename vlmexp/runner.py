@@ -189,8 +189,9 @@ def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
     metrics.update(engine.run_metrics())
     metrics["eval_wall_s"] = elapsed
     ctx.tracker.log_metrics(metrics)
-    predictions = ctx.output_dir / "predictions.jsonl"
-    shutil.copyfile(store.path, predictions)
+    predictions = ctx.output_dir / "predictions.jsonl"  # one final record per sample, in order
+    predictions.unlink(missing_ok=True)
+    PredictionStore(predictions).append(records)
     ctx.tracker.log_artifact(predictions)
     for path in task.write_artifacts(records, metrics, ctx.output_dir):
         ctx.tracker.log_artifact(path)

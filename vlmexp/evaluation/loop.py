@@ -16,7 +16,8 @@ class PredictionLoop:
     """Runs ``task.predict(engine, batch)`` over the samples not yet in the store.
 
     Every finished batch is appended to the store before the next starts, so a crash or kill loses
-    at most one batch, and rerunning the same command carries on where it stopped.
+    at most one batch, and rerunning the same command carries on where it stopped. Records with an
+    ``error`` (the engine gave up on the request, e.g. its server was gone) are sent again on rerun.
     """
 
     def __init__(self, batch_size: int | None = None):
@@ -24,7 +25,7 @@ class PredictionLoop:
 
     def run(self, task, engine, samples: Sequence, store: PredictionStore, desc: str = "evaluate") -> list[dict]:
         done = store.load()
-        todo = [s for s in samples if s.id not in done]
+        todo = [s for s in samples if s.id not in done or done[s.id].get("error")]
         if done and todo:
             log.info("%s: resuming, %d of %d samples already done", desc, len(samples) - len(todo), len(samples))
         with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
