@@ -78,7 +78,7 @@ def test_validate_names_the_bad_key(overrides, needle):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["engine=olama"], "engine/olama"),
+    (["engine=olama"], "engine=olama: no such option"),
     (["data.limit=-3"], "data.limit=-3"),
     (["data.root=/no/such/folder"], "data.root=/no/such/folder"),
     (["train.lr=fast"], "train.lr"),
