@@ -1,9 +1,12 @@
 """Tokenise (request, answer) pairs for supervised fine-tuning, with loss on the answer only.
 
-The mask comes from the processor's own chat template: the prompt is the template rendered with
-``add_generation_prompt=True``; everything the full conversation adds after it is the answer plus the
-template's end-of-turn text. Labels keep the answer and the first end-of-turn token (so the model
-learns to stop); the prompt, image tokens, the rest of the end-of-turn text and padding are -100.
+The mask comes from the processor's own chat template, never from hard-coded token ids: the prompt
+is the conversation rendered with ``add_generation_prompt=True``; the full conversation (with the
+answer as the assistant turn) must continue that prompt with the answer. The training text is the
+prompt, the answer and one end token: the template's own end-of-turn token when the text after the
+answer starts with a special token (``<|im_end|>`` for Qwen), else the tokenizer's EOS (templates such
+as LLaVA-1.5's end the turn with plain text), so the model learns to stop. Labels are -100 on the
+prompt (system and user turns, image tokens) and on padding; the answer and the end token are kept.
 """
 
 from __future__ import annotations
@@ -27,33 +30,56 @@ def _processor_inputs(processor, text: str, request: ChatRequest) -> dict:
     return processor(**kwargs)
 
 
-def build_features(processor, request: ChatRequest, answer: str) -> dict:
+def end_token_text(tokenizer, suffix: str) -> str:
+    """The token that ends the answer: the template's end-of-turn special token, else EOS."""
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    if ids and ids[0] in set(tokenizer.all_special_ids):
+        return tokenizer.convert_ids_to_tokens(ids[0])
+    if tokenizer.eos_token is None:
+        raise DataError("the chat template ends the answer without a special token and the tokenizer has no "
+                        "EOS token: the model could not learn where an answer stops")
+    return tokenizer.eos_token
+
+
+def supervised_text(processor, request: ChatRequest, answer: str) -> tuple[str, str]:
+    """(prompt text, training text = prompt + answer + end token), both rendered by the chat template."""
     tokenizer = getattr(processor, "tokenizer", processor)
     conversation = to_hf_conversation(request)
-    prompt_text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    full_text = processor.apply_chat_template(
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    full = processor.apply_chat_template(
         conversation + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
         add_generation_prompt=False, tokenize=False)
-    if not full_text.startswith(prompt_text + answer):
-        raise DataError("the chat template does not render the answer right after the generation prompt; "
+    rest = full[len(prompt):] if full.startswith(prompt) else ""
+    start = rest.find(answer)
+    if start < 0 or rest[:start].strip():
+        raise DataError("the chat template does not render the answer right after its generation prompt; "
                         "answer-only loss cannot be masked for this processor")
-    suffix_ids = tokenizer(full_text[len(prompt_text) + len(answer):], add_special_tokens=False)["input_ids"]
-    trailing = max(0, len(suffix_ids) - 1)  # end-of-turn token stays supervised, what follows does not
+    end = start + len(answer)
+    return prompt, prompt + rest[:end] + end_token_text(tokenizer, rest[end:])
 
-    full = _processor_inputs(processor, full_text, request)
-    prompt_len = _processor_inputs(processor, prompt_text, request)["input_ids"].shape[1]
+
+def build_features(processor, request: ChatRequest, answer: str) -> dict:
+    """Processor outputs for the training text, plus ``labels`` (-100 outside the answer)."""
+    import torch
+
+    prompt, text = supervised_text(processor, request, answer)
+    full = _processor_inputs(processor, text, request)
+    prompt_ids = _processor_inputs(processor, prompt, request)["input_ids"][0]
     ids = full["input_ids"][0]
+    n = len(prompt_ids)
+    if len(ids) <= n or not torch.equal(ids[:n], prompt_ids):
+        raise DataError("the tokenizer merges the answer's first characters into the end of the generation "
+                        "prompt; answer-only loss cannot be masked for this processor")
     labels = ids.clone()
-    labels[:prompt_len] = IGNORE_INDEX
-    if trailing:
-        labels[len(ids) - trailing:] = IGNORE_INDEX
-    features = {k: v for k, v in full.items()}
+    labels[:n] = IGNORE_INDEX
+    features = dict(full.items())
     features["labels"] = labels.unsqueeze(0)
     return features
 
 
 def collate(features: Sequence[dict], pad_token_id: int) -> dict:
-    """Right-pad per-token tensors; concatenate the rest (pixel values, grid sizes) along dim 0."""
+    """Right-pad per-token tensors; concatenate the rest (pixel values, grid sizes) along dim 0.
+    Examples that could not be built (None) are left out; an all-None batch gives ``{}``."""
     import torch
 
     features = [f for f in features if f is not None]

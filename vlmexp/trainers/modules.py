@@ -27,7 +27,16 @@ def projector_module(model):
 
 
 def language_module(model):
+    """(qualified name, module) of the language model inside the VLM."""
     return _find(model, _LANGUAGE)
+
+
+def vision_module_name(model) -> str | None:
+    return _find(model, _VISION)[0]
+
+
+def projector_module_name(model) -> str | None:
+    return _find(model, _PROJECTOR)[0]
 
 
 def set_trainable(module, trainable: bool) -> None:
@@ -48,6 +57,7 @@ def language_linear_names(model) -> list[str]:
 
 
 def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a weight shared by two modules counts once."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total

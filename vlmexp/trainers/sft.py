@@ -1,34 +1,44 @@
 """Supervised fine-tuning of a VLM on (request, answer) pairs, loss on the answer tokens only.
 
-accelerate handles devices, mixed precision and data parallelism; peft handles LoRA/QLoRA.
-Validation loss is computed every epoch (and every ``train.eval_every_steps`` if set); training
-stops early after ``train.patience`` epochs without improvement, and the best weights are the ones
-saved, restored and evaluated. An interrupted training resumes from its last epoch.
+accelerate handles devices, mixed precision, gradient accumulation and data parallelism; peft
+handles LoRA/QLoRA. After every epoch (and every ``train.eval_every_steps`` optimizer steps if set)
+the trainer computes the validation loss and, when the task defines
+``epoch_metrics(engine, samples)``, the task's generation metrics through the configured in-process
+engine over the model being trained. Training stops early after ``train.patience`` epochs without a
+lower validation loss; the best epoch's weights are saved with the processor, restored at the end and
+returned for evaluation. A rerun of the same config resumes after the last finished epoch.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
 import math
-import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from vlmexp.errors import ConfigError
+from vlmexp.errors import ConfigError, VlmexpError
 from vlmexp.trainers.features import build_features, collate
 from vlmexp.trainers.modules import (
     count_parameters,
     language_linear_names,
     language_module,
     projector_module,
+    projector_module_name,
     set_trainable,
     vision_module,
+    vision_module_name,
 )
+from vlmexp.trainers.state import is_peft, load_train_state, restore_best, save_best, save_train_state
 
 log = logging.getLogger(__name__)
+
+#: ``model.interface`` of models loadable with AutoModelForImageTextToText and a chat template.
+TRANSFORMERS_INTERFACE = "image_text_to_text"
 
 
 @dataclass
@@ -41,7 +51,8 @@ class TrainResult:
 
 
 class ExampleDataset:
-    """Builds features lazily; an example whose image cannot be read yields None and is counted."""
+    """Builds features lazily; an example whose image cannot be read yields None (``collate`` leaves
+    it out) and its id is added to ``corrupt``, in the process that reads it (num_workers=0: this one)."""
 
     def __init__(self, examples, processor):
         self.examples, self.processor = examples, processor
@@ -65,6 +76,8 @@ class ExampleDataset:
 
 
 class EarlyStopping:
+    """Tracks the lowest validation loss; stops after ``patience`` epochs without a new lowest."""
+
     def __init__(self, patience: int):
         self.patience, self.best, self.best_epoch, self.bad = patience, math.inf, 0, 0
 
@@ -81,6 +94,29 @@ class EarlyStopping:
         return self.bad >= self.patience
 
 
+def check_trainable_interface(model_cfg) -> None:
+    """Refuse, in one line, a model whose own interface the trainer cannot drive."""
+    interface = model_cfg.get("interface") or TRANSFORMERS_INTERFACE
+    if interface != TRANSFORMERS_INTERFACE:
+        raise ConfigError(
+            f"model={model_cfg.name}: model.interface={interface}: this model answers through its own "
+            "remote-code API, not AutoModelForImageTextToText with a chat template, so answer-only "
+            "fine-tuning cannot build its inputs and labels; fine-tune a transformers VLM instead "
+            "(model=qwen2_5_vl_3b, qwen2_vl_2b, qwen7b or llava15_7b)")
+
+
+def check_quantization(train_cfg, device: str) -> None:
+    bits = train_cfg.lora.quant_bits
+    if bits is None:
+        return
+    if bits not in (4, 8):
+        raise ConfigError(f"train.lora.quant_bits={bits}: expected 4 (QLoRA), 8 or null")
+    if device != "cuda":
+        raise ConfigError(f"train.lora.quant_bits={bits}: QLoRA needs a CUDA GPU (bitsandbytes), not {device}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"train.lora.quant_bits={bits}: install bitsandbytes (pip install bitsandbytes)")
+
+
 class SFTTrainer:
     def __init__(self, num_workers: int = 0):
         self.num_workers = num_workers
@@ -90,9 +126,16 @@ class SFTTrainer:
         from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
 
         train, placement = run.cfg.train, run.placement
-        if train.lora.quant_bits and placement.device != "cuda":
-            raise ConfigError(f"train.lora.quant_bits={train.lora.quant_bits}: QLoRA needs CUDA "
-                              f"(bitsandbytes), not {placement.device}")
+        check_trainable_interface(run.cfg.model)
+        check_quantization(train, placement.device)
+        lora = train.lora.enabled or train.lora.quant_bits is not None
+        if placement.quantization and not lora:
+            raise ConfigError(f"hardware.quantization={placement.quantization}: quantised weights cannot be "
+                              "fine-tuned directly; train a LoRA adapter on them (train.lora.quant_bits="
+                              f"{placement.quantization})")
+        if lora and train.freeze_llm and train.lora.target_modules in (None, "all-linear"):
+            raise ConfigError("train.freeze_llm=true with LoRA: the default LoRA targets are the language "
+                              "model's linear layers; name other train.lora.target_modules or unfreeze it")
         checkpoint = resolve_checkpoint(run.cfg.model)
         processor = load_processor(checkpoint, run.cfg.model)
         if train.lora.quant_bits:
@@ -103,24 +146,37 @@ class SFTTrainer:
         set_trainable(vision_module(model), not train.freeze_vision)
         set_trainable(projector_module(model), not train.freeze_projector)
         set_trainable(language_module(model)[1], not train.freeze_llm)
-        if train.lora.enabled or train.lora.quant_bits:
-            model = self._with_lora(model, train.lora)
-        if train.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        set_trainable(model.get_output_embeddings(), not train.freeze_llm)
+        if train.gradient_checkpointing and not train.lora.quant_bits:
+            # the transformers 5 name; older 5.x releases only have the gradient_checkpointing_ one
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        if lora:
+            model = self._with_lora(model, train)
         return model, processor
 
     @staticmethod
-    def _with_lora(model, lora):
+    def _with_lora(model, train):
+        """Adapters on the target layers; a vision encoder or projector left unfrozen trains in full."""
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        lora = train.lora
         if lora.quant_bits:
-            model = prepare_model_for_kbit_training(model)
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         targets = lora.target_modules
         if targets in (None, "all-linear"):
             targets = language_linear_names(model)
+        full = []
+        vision, projector = vision_module_name(model), projector_module_name(model)
+        if vision and not train.freeze_vision:
+            full.append(vision)
+        if projector and not train.freeze_projector and not any(projector.startswith(f + ".") for f in full):
+            full.append(projector)
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(targets) if not isinstance(targets, str) else targets,
-                            bias="none")
+                            target_modules=targets if isinstance(targets, str) else list(targets),
+                            modules_to_save=full or None, bias="none")
         return get_peft_model(model, config)
 
     # -- loop -----------------------------------------------------------------------------------
@@ -133,7 +189,7 @@ class SFTTrainer:
         cfg = run.cfg.train
         set_seed(run.cfg.seed)
         model, processor = self.prepare_model(run)
-        trainable, total = count_parameters(model)
+        trainable, total = (model.get_nb_trainable_parameters() if is_peft(model) else count_parameters(model))
         run.tracker.log_metrics({"trainable_params": trainable, "total_params": total})
         log.info("trainable parameters: %s of %s", f"{trainable:,}", f"{total:,}")
         if trainable == 0:
@@ -145,44 +201,57 @@ class SFTTrainer:
         generator = torch.Generator().manual_seed(run.cfg.seed)
         loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
                                              generator=generator, num_workers=self.num_workers,
-                                             collate_fn=lambda f: collate(f, pad_id))
+                                             collate_fn=partial(collate, pad_token_id=pad_id))
         val_loader = (torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                                                  collate_fn=lambda f: collate(f, pad_id)) if val_set else None)
+                                                  collate_fn=partial(collate, pad_token_id=pad_id))
+                      if val_set else None)
 
         accelerator = Accelerator(mixed_precision=run.placement.mixed_precision,
                                   gradient_accumulation_steps=cfg.grad_accum,
                                   cpu=run.placement.device == "cpu")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-        total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+        total_steps = cfg.max_steps or math.ceil(len(loader) / cfg.grad_accum) * cfg.epochs
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         if val_loader is not None:
             val_loader = accelerator.prepare(val_loader)
+        steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+        unwrapped = accelerator.unwrap_model(model)
 
         state_dir, best_dir = run.work_dir / "train_state", run.work_dir / "checkpoint"
-        stopper, history, start_epoch, step = EarlyStopping(cfg.patience), {"train": [], "val": []}, 1, 0
-        if (state_dir / "progress.json").is_file():
-            progress = json.loads((state_dir / "progress.json").read_text())
-            accelerator.load_state(str(state_dir))
-            start_epoch, step, history = progress["epoch"] + 1, progress["step"], progress["history"]
+        stopper, history, epoch_done, step = EarlyStopping(cfg.patience), {"train": [], "val": []}, 0, 0
+        epoch_losses: list[float] = []
+        corrupt: set[str] = set()  # ids of examples whose image could not be read, over all epochs
+        progress = load_train_state(state_dir, unwrapped, optimizer, scheduler, generator)
+        if progress is not None:
+            epoch_done, step, history = progress["epoch"], progress["step"], progress["history"]
+            corrupt = set(progress.get("corrupt", []))
             stopper.best, stopper.best_epoch, stopper.bad = progress["best"], progress["best_epoch"], progress["bad"]
             log.info("resuming training after epoch %d (best val_loss %.4f at epoch %d)",
-                     progress["epoch"], stopper.best, stopper.best_epoch)
-        best_state = None
+                     epoch_done, stopper.best, stopper.best_epoch)
 
-        def validate(epoch_point: float):
-            loss = self._val_loss(model, val_loader, accelerator) if val_loader else history["train"][-1][1]
+        def validate(log_step: int, suffix: str = "") -> float:
+            """The validation loss (without a validation set: the epoch's mean training loss)."""
+            if val_loader is not None:
+                loss = self._val_loss(model, val_loader, accelerator)
+            else:
+                loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else math.inf
+            metrics = {f"val_loss{suffix}": loss}
+            metrics.update({f"{k}{suffix}": v for k, v in
+                            self._task_metrics(run, task, accelerator, unwrapped, processor, splits.val).items()})
+            run.tracker.log_metrics(metrics, step=log_step)
+            model.train()
             return loss
 
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(epoch_done + 1, cfg.epochs + 1):
             if stopper.should_stop or (cfg.max_steps and step >= cfg.max_steps):
                 break
             model.train()
+            epoch_losses = []
             bar = tqdm(loader, desc=f"train epoch {epoch}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
             for batch in bar:
-                if not batch:
+                if not batch:  # every image of the batch was unreadable
                     continue
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
@@ -195,35 +264,55 @@ class SFTTrainer:
                 if accelerator.sync_gradients:
                     step += 1
                     value = float(loss.detach())
-                    history["train"].append((step / steps_per_epoch, value))
+                    epoch_losses.append(value)
+                    history["train"].append((epoch - 1 + min(1.0, len(epoch_losses) / steps_per_epoch), value))
                     run.tracker.log_metrics({"train_loss": value, "lr": scheduler.get_last_lr()[0]}, step=step)
                     bar.set_postfix(loss=f"{value:.4f}")
-                    if cfg.eval_every_steps and val_loader and step % cfg.eval_every_steps == 0:
-                        run.tracker.log_metrics({"val_loss_steps": validate(step / steps_per_epoch)}, step=step)
-                        model.train()
+                    if cfg.eval_every_steps and step % cfg.eval_every_steps == 0:
+                        validate(step, suffix="_step")
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             val_loss = validate(epoch)
             history["val"].append((epoch, val_loss))
-            run.tracker.log_metrics({"val_loss": val_loss}, step=epoch)
             improved = stopper.update(epoch, val_loss)
             log.info("epoch %d: val_loss %.4f%s", epoch, val_loss, " (best)" if improved else "")
-            if improved:
-                best_state = self._save_best(accelerator, model, processor, best_dir)
-            self._save_progress(accelerator, state_dir, epoch, step, history, stopper)
+            if improved and accelerator.is_main_process:
+                save_best(unwrapped, processor, best_dir)
+            epoch_done = epoch
+            corrupt |= train_set.corrupt | (val_set.corrupt if val_set else set())
+            if accelerator.is_main_process:
+                save_train_state(state_dir, unwrapped, optimizer, scheduler, generator, {
+                    "epoch": epoch, "step": step, "history": history, "best": stopper.best,
+                    "best_epoch": stopper.best_epoch, "bad": stopper.bad, "corrupt": sorted(corrupt)})
+            accelerator.wait_for_everyone()
 
-        unwrapped = accelerator.unwrap_model(model)
-        if best_state is not None:
-            unwrapped.load_state_dict(best_state, strict=False)
-        elif best_dir.is_dir():  # resumed after the best epoch was already saved
-            self._load_trainable(unwrapped, best_dir)
+        if stopper.best_epoch == 0:
+            raise VlmexpError("training: no epoch gave a finite validation loss (NaN or inf, or no readable "
+                              "image); check the data or lower train.lr")
+        if stopper.best_epoch != epoch_done:
+            log.info("restoring the best weights (epoch %d) from %s", stopper.best_epoch, best_dir)
+            restore_best(unwrapped, best_dir)
         run.tracker.log_metrics({"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
-                                 "skipped_corrupt_images_train": len(train_set.corrupt)})
+                                 "skipped_corrupt_images": len(corrupt)})
         unwrapped.eval()
         return TrainResult(unwrapped, processor, best_dir, stopper.best_epoch, history)
 
     @staticmethod
+    def _task_metrics(run, task, accelerator, model, processor, samples) -> dict[str, float]:
+        """The task's own validation metrics (e.g. exact match of generated answers), if it has any."""
+        hook = getattr(task, "epoch_metrics", None)
+        metrics: dict[str, float] = {}
+        if hook is not None and samples and accelerator.is_main_process:
+            model.eval()
+            engine = instantiate(run.cfg.engine, _partial_=True)(run=run, model=model, processor=processor)
+            with accelerator.autocast():
+                metrics = hook(engine, samples)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    @staticmethod
     def _val_loss(model, loader, accelerator) -> float:
+        """Mean loss per answer token over the validation set."""
         import torch
 
         model.eval()
@@ -232,42 +321,8 @@ class SFTTrainer:
             for batch in loader:
                 if not batch:
                     continue
-                tokens = int((batch["labels"] != -100).sum())
+                tokens = int((batch["labels"][:, 1:] != -100).sum())
                 loss = model(**batch).loss
-                total += float(accelerator.gather_for_metrics(loss.detach() * tokens).sum())
-                count += tokens
+                total += float(accelerator.gather_for_metrics((loss.detach() * tokens).reshape(1)).sum())
+                count += int(accelerator.gather_for_metrics(torch.tensor([tokens], device=loss.device)).sum())
         return total / max(count, 1)
-
-    @staticmethod
-    def _save_best(accelerator, model, processor, best_dir: Path) -> dict:
-        """Save weights (or the LoRA adapter) with the processor; keep the trainable tensors in memory."""
-        unwrapped = accelerator.unwrap_model(model)
-        if accelerator.is_main_process:
-            shutil.rmtree(best_dir, ignore_errors=True)
-            unwrapped.save_pretrained(best_dir)
-            processor.save_pretrained(best_dir)
-        names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items() if k in names}
-
-    @staticmethod
-    def _load_trainable(model, best_dir: Path) -> None:
-        from safetensors.torch import load_file
-
-        files = sorted(best_dir.glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(f))
-        if hasattr(model, "peft_config"):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, state)
-        else:
-            model.load_state_dict(state, strict=False)
-
-    @staticmethod
-    def _save_progress(accelerator, state_dir: Path, epoch: int, step: int, history: dict, stopper) -> None:
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / "progress.json").write_text(json.dumps({
-                "epoch": epoch, "step": step, "history": history, "best": stopper.best,
-                "best_epoch": stopper.best_epoch, "bad": stopper.bad}))

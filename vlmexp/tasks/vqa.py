@@ -1,0 +1,141 @@
+"""Visual question answering: fine-tune on (image, question, answer) files, score exact match.
+
+Evaluation covers the validation file (``exact_match``) and the test file when one is given
+(``test_exact_match``) in one crash-safe pass; both compare answers after normalising case,
+punctuation and articles. During fine-tuning the trainer calls :meth:`VQATask.epoch_metrics` after
+every epoch for the validation exact match of the model being trained (``val_exact_match``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlmexp.data.images import UnreadableImage, open_image
+from vlmexp.data.vqa import VQASample, load_vqa_file
+from vlmexp.errors import ConfigError, DataError
+from vlmexp.evaluation.answers import is_exact_match
+from vlmexp.evaluation.classification import latency_metrics
+from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
+from vlmexp.tasks.base import Splits, Task, TrainingExample
+
+log = logging.getLogger(__name__)
+
+#: Evaluated split -> the metric key of its exact match.
+_EXACT_MATCH_KEYS = {"val": "exact_match", "test": "test_exact_match"}
+
+
+class VQATask(Task):
+    def __init__(self, name: str = "vqa", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
+                 system_prompt: str | None = None, max_new_tokens: int = 32):
+        super().__init__(name, default_mode, trainer, evaluator)
+        self.system_prompt = system_prompt
+        self.max_new_tokens = max_new_tokens
+        self.missing_images = 0
+        # Ids of samples whose image could not be decoded, in any split, found while training or evaluating.
+        self.corrupt: set[str] = set()
+
+    # -- data -----------------------------------------------------------------------------------
+    def load_splits(self, run) -> Splits:
+        data, mode = run.cfg.data, run.mode
+        fmt = data.format or "jsonl"
+        training, evaluating = "train" in mode, mode != "train"
+        if training and not data.train_file:
+            raise ConfigError(f"mode={mode} needs data.train_file (a data.format={fmt} file)")
+        if evaluating and not (data.val_file or data.test_file):
+            raise ConfigError(f"mode={mode} needs data.val_file or data.test_file to evaluate on")
+        files = {"train": data.train_file if training else None, "val": data.val_file,
+                 "test": data.test_file if evaluating else None}
+        loaded, self.missing_images = {}, 0
+        for split, path in files.items():
+            if path:
+                found = load_vqa_file(path, split, fmt, data.image_dir)
+                if not found.samples:
+                    raise DataError(f"{path}: no question has an existing image")
+                self.missing_images += found.missing_images
+                loaded[split] = found.samples
+        evaluated = [s for split in ("val", "test") for s in loaded.get(split, [])[:data.limit]]
+        return Splits(train=loaded.get("train"), val=loaded.get("val") if training else None,
+                      test=evaluated if evaluating else None,
+                      skipped={"skipped_missing_images": self.missing_images})
+
+    def open(self, sample: VQASample):
+        """The sample's image; an unreadable one is remembered (counted) and re-raised."""
+        try:
+            return open_image(sample.path)
+        except UnreadableImage:
+            self.corrupt.add(sample.id)
+            raise
+
+    # -- requests -------------------------------------------------------------------------------
+    def request(self, image, question: str) -> ChatRequest:
+        return ChatRequest(chat(self.system_prompt, ImagePart(image), TextPart(question)),
+                           max_new_tokens=self.max_new_tokens)
+
+    def training_examples(self, samples: Sequence[VQASample]) -> list[TrainingExample]:
+        def loader(sample: VQASample):
+            return lambda: (self.request(self.open(sample), sample.question), sample.answer)
+
+        return [TrainingExample(sample.id, loader(sample)) for sample in samples]
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def predict(self, engine, samples: Sequence[VQASample]) -> list[dict]:
+        records, requests, kept = [], [], []
+        for sample in samples:
+            try:
+                image = self.open(sample)
+            except UnreadableImage as exc:
+                log.warning("skipping unreadable image %s", exc)
+                records.append({"id": sample.id, "split": sample.split, "skipped": str(exc)})
+                continue
+            requests.append(self.request(image, sample.question))
+            kept.append(sample)
+        for sample, gen in zip(kept, engine.generate(requests) if requests else []):
+            records.append({"id": sample.id, "split": sample.split, "image": str(sample.path),
+                            "question": sample.question, "answer": sample.answer, "prediction": gen.text,
+                            "correct": is_exact_match(gen.text, sample.answer), "latency_s": gen.latency_s,
+                            "error": gen.error})
+        order = {sample.id: i for i, sample in enumerate(samples)}
+        return sorted(records, key=lambda r: order[r["id"]])
+
+    def epoch_metrics(self, engine, samples: Sequence[VQASample]) -> dict[str, float]:
+        """Exact match of the model being trained on the validation samples (logged per epoch)."""
+        answered = [r for r in self.predict(engine, samples) if not r.get("skipped")]
+        return {"val_exact_match": _share_correct(answered)} if answered else {}
+
+    def compute_metrics(self, records: list[dict]) -> dict[str, float]:
+        answered = [r for r in records if not r.get("skipped")]
+        metrics: dict[str, float] = {}
+        for split, key in _EXACT_MATCH_KEYS.items():
+            rows = [r for r in answered if r["split"] == split]
+            if rows:
+                metrics[key] = _share_correct(rows)
+                metrics[f"{split}_questions"] = float(len(rows))
+        skipped = {r["id"] for r in records if r.get("skipped")}
+        metrics["skipped_missing_images"] = float(self.missing_images)
+        metrics["skipped_corrupt_images"] = float(len(self.corrupt | skipped))
+        metrics["engine_errors"] = float(sum(1 for r in answered if r.get("error")))
+        metrics.update(latency_metrics([r["latency_s"] for r in answered]))
+        return metrics
+
+    def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
+        """``vqa_samples.csv``: every evaluated question with its answer and the model's prediction."""
+        path = out_dir / "vqa_samples.csv"
+        columns = ["split", "id", "image", "question", "answer", "prediction", "correct"]
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for record in records:
+                if not record.get("skipped"):
+                    writer.writerow(dict(record, correct=is_exact_match(record["prediction"], record["answer"])))
+        return [path]
+
+    def summary_keys(self) -> list[str]:
+        return ["exact_match", "test_exact_match", "val_questions", "test_questions", "best_epoch",
+                "skipped_missing_images", "skipped_corrupt_images", "latency_p50_s"]
+
+
+def _share_correct(records: list[dict]) -> float:
+    return sum(is_exact_match(r["prediction"], r["answer"]) for r in records) / len(records)
