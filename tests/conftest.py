@@ -45,9 +45,12 @@ def _mlflow_template(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_mlflow(monkeypatch, tmp_path, _mlflow_template):
     """Every test gets its own fresh tracking store; never a real one."""
+    import mlflow
+
     db = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_template, db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")  # a URI set in-process by an earlier test would win otherwise
 
 
 def compose_config(overrides: list[str] | None = None):
