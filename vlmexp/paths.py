@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,3 +36,20 @@ def source_root() -> Path | None:
 
 def expand(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(os.fspath(path))).resolve()
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create ``target`` with ``build(folder)`` unless it exists. The build goes into a temporary
+    sibling that is renamed at the end, so an existing ``target`` is always complete (an interrupted
+    build leaves nothing behind, and of two racing processes the first rename wins)."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        if not target.exists():
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -8,13 +8,11 @@ them; faint differences (a small plume) would not be.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from vlmexp.paths import expand
+from vlmexp.paths import build_once, expand
 
 GENERATOR_VERSION = 1
 PROMPTS = ["Is the sky full of smoke?", "Is there heavy smoke in this image?", "Is this scene clear or smoky?"]
@@ -56,16 +54,12 @@ def generate_binary_dataset(cache_dir: str, train: int = 64, val: int = 24, test
     """Create (once) train/val/test JSONL files under the cache; return their paths by split."""
     spec = dict(v=GENERATOR_VERSION, train=train, val=val, test=test, w=width, h=height, seed=seed)
     key = "-".join(f"{k}{v}" for k, v in spec.items())
-    target = expand(cache_dir) / "datasets" / f"synthetic_binary-{key}"
-    if not (target / "spec.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".binary-", dir=target.parent))
+
+    def build(folder: Path) -> None:
         rng = np.random.default_rng(seed)
         for split, n in (("train", train), ("val", val), ("test", test)):
-            write_binary_split(tmp, split, rng, n, width, height)
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        if target.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
+            write_binary_split(folder, split, rng, n, width, height)
+        (folder / "spec.json").write_text(json.dumps(spec))
+
+    target = build_once(expand(cache_dir) / "datasets" / f"synthetic_binary-{key}", build)
     return {split: str(target / f"{split}.jsonl") for split in ("train", "val", "test")}

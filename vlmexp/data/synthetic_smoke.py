@@ -7,13 +7,11 @@ same loader as real data. Deterministic for a given seed.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from vlmexp.paths import expand
+from vlmexp.paths import build_once, expand
 
 GENERATOR_VERSION = 3
 
@@ -85,16 +83,12 @@ def generate_smoke_dataset(cache_dir: str, train_sequences: int = 24, test_seque
     spec = dict(v=GENERATOR_VERSION, train=train_sequences, val=val_sequences, test=test_sequences,
                 frames=frames_per_sequence, w=width, h=height, share=smoke_share, seed=seed)
     key = "-".join(f"{k}{v}" for k, v in spec.items())
-    target = expand(cache_dir) / "datasets" / f"synthetic_smoke-{key}"
-    if not (target / "spec.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".smoke-", dir=target.parent))
+
+    def build(folder: Path) -> None:
         rng = np.random.default_rng(seed)
         for split, n in (("train", train_sequences), ("val", val_sequences), ("test", test_sequences)):
-            write_split(tmp / split, rng, n, frames_per_sequence, width, height, smoke_share)
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        if target.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
+            write_split(folder / split, rng, n, frames_per_sequence, width, height, smoke_share)
+        (folder / "spec.json").write_text(json.dumps(spec))
+
+    target = build_once(expand(cache_dir) / "datasets" / f"synthetic_smoke-{key}", build)
     return {split: str(target / split) for split in ("train", "val", "test")}

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from vlmexp.paths import expand
+from vlmexp.paths import build_once, expand
 
 # Changing anything below changes the checkpoint, so it is part of the cache key.
 TINY_VERSION = 1
@@ -144,20 +142,11 @@ def checkpoint_key() -> str:
 
 
 def build_tiny_checkpoint(cache_dir: str = "~/.cache/vlmexp") -> str:
-    """Return the folder of the tiny checkpoint, building it on first use (about a second)."""
-    target = expand(cache_dir) / "models" / f"tiny-qwen2_5_vl-{checkpoint_key()}"
-    if (target / "config.json").is_file() and (target / "processor_config.json").is_file():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a temporary sibling and rename, so a half-written folder is never loaded.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    """Return the folder of the tiny checkpoint, building it on first use (a few seconds)."""
+
+    def build(folder: Path) -> None:
         tokenizer = build_tokenizer()
-        build_processor(tokenizer).save_pretrained(tmp)
-        build_model(tokenizer).save_pretrained(tmp)
-        if target.exists():  # another process won the race
-            return str(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+        build_processor(tokenizer).save_pretrained(folder)
+        build_model(tokenizer).save_pretrained(folder)
+
+    return str(build_once(expand(cache_dir) / "models" / f"tiny-qwen2_5_vl-{checkpoint_key()}", build))
