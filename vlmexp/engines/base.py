@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from vlmexp.errors import EngineError
 from vlmexp.messages import ChatRequest, Generation
 
 
@@ -24,7 +25,8 @@ class Engine(ABC):
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Log-probability of each candidate as the complete answer to each request."""
-        raise NotImplementedError(f"{type(self).__name__} cannot score candidate answers")
+        raise EngineError(f"{type(self).__name__} cannot score candidate answers (no log-probabilities); "
+                          "use an engine with supports_scoring, such as engine=hf")
 
     def preferred_batch_size(self) -> int:
         return 1
