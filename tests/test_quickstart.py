@@ -21,9 +21,9 @@ def quickstart(tmp_path_factory, cache_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         metrics = run(cfg, output_dir=out, overrides=["paths.cache_dir=..."])
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
-    return metrics, runs, store, out
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    return metrics, runs, store, out, client
 
 
 def test_reaches_the_quickstart_numbers(quickstart):
@@ -34,7 +34,7 @@ def test_reaches_the_quickstart_numbers(quickstart):
 
 
 def test_mlflow_run_holds_params_metrics_artifacts_and_tags(quickstart):
-    metrics, runs, store, out = quickstart
+    metrics, runs, store, out, client = quickstart
     assert len(runs) == 1
     r = runs[0]
     assert r.info.status == "FINISHED"
@@ -44,13 +44,13 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(quickstart):
                 "best_epoch", "trainable_params", "total_params", "latency_p50_s", "tokens_per_s"):
         assert key in r.data.metrics, key
     assert r.data.metrics["f1"] == pytest.approx(metrics["f1"])
-    history = mlflow.MlflowClient().get_metric_history(r.info.run_id, "train_loss")
+    history = client.get_metric_history(r.info.run_id, "train_loss")
     assert len(history) > 20 and history[0].step == 1
     tags = r.data.tags
     assert len(tags["vlmexp.git_commit"]) >= 7
     assert tags["version.torch"] and tags["version.transformers"] and tags["version.vlmexp"] == "0.1.0"
     assert len(tags["vlmexp.dataset_fingerprint"]) == 16
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"resolved_config.yaml", "overrides.yaml", "predictions.jsonl", "loss_curve.png",
             "confusion_matrix.png", "checkpoint"} <= artifacts
     # artifacts live beside the SQLite store, never in the working or run directory
@@ -59,8 +59,8 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_tags(quickstart):
 
 
 def test_resolved_config_artifact_has_the_job_keys(quickstart):
-    _, runs, _, _ = quickstart
-    path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="resolved_config.yaml")
+    _, runs, _, out, client = quickstart
+    path = client.download_artifacts(runs[0].info.run_id, "resolved_config.yaml", str(out))
     text = Path(path).read_text()
     assert "${" not in text  # interpolations resolved
     for key in ("mode:", "seed:", "task:", "model:", "engine:", "hardware:", "logger:", "data:", "train:"):
