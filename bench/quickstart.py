@@ -9,31 +9,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 
 def main() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from vlmexp.config.experiments import register_experiments
+    from vlmexp.config.schema import register_configs
+    from vlmexp.paths import conf_dir
+    from vlmexp.runner import run
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=None, help="cache to use (default: a new temporary one)")
     args, overrides = parser.parse_known_args()
     cache = args.cache_dir or tempfile.mkdtemp(prefix="vlmexp-bench-")
+    register_configs()
+    register_experiments()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"paths.cache_dir={cache}", "logger=none", *overrides])
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vlmexp", f"paths.cache_dir={cache}", "logger=none", *overrides],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run(cfg, output_dir=Path(cache) / "output")
     elapsed = time.perf_counter() - began
-    [predictions] = Path(cache, "runs", "smoke").glob("*/predictions.jsonl")
-    records = [json.loads(line) for line in predictions.read_text().splitlines()]
-    tp = sum(r["truth"] and r["pred"] and r["parse_ok"] for r in records)
-    fp = sum(not r["truth"] and r["pred"] and r["parse_ok"] for r in records)
-    fn = sum(r["truth"] and not (r["pred"] and r["parse_ok"]) for r in records)
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    parse = sum(r["parse_ok"] for r in records) / len(records)
-    print(json.dumps({"wall_s": round(elapsed, 1), "f1": round(f1, 4), "parse_success_rate": round(parse, 4),
-                      "images": len(records)}))
+    keys = ("f1", "parse_success_rate", "accuracy", "early_fire_score", "best_epoch", "num_images")
+    print(json.dumps({"wall_s": round(elapsed, 1), **{k: round(metrics[k], 4) for k in keys if k in metrics}}))
 
 
 if __name__ == "__main__":
