@@ -49,11 +49,10 @@ def test_eager_and_sdpa_are_honoured():
     assert resolve_attention("auto", "cpu", "float32") == "sdpa"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks of a machine without CUDA")
 def test_hardware_error_stops_the_run_before_tracking(cache_dir, tmp_path):
     from vlmexp.runner import run
 
-    if torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA")
     cfg = compose_config([f"paths.cache_dir={cache_dir}", "hardware=cuda", "mode=eval", "data.limit=2"])
     with pytest.raises(ConfigError, match="hardware.device=cuda"):
         run(cfg, output_dir=tmp_path)

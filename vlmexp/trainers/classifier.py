@@ -32,7 +32,7 @@ from vlmexp.trainers.modules import (
     set_trainable,
     vision_module,
 )
-from vlmexp.trainers.sft import EarlyStopping, TrainResult
+from vlmexp.trainers.sft import EarlyStopping, TrainResult, optimizer_step
 from vlmexp.trainers.stages import Stage, resolve_stages
 
 log = logging.getLogger(__name__)
@@ -285,12 +285,7 @@ class _Loop:
                 with accelerator.accumulate(model):
                     labels = batch.pop("labels")
                     loss = self._loss(model(**batch), labels)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    optimizer_step(accelerator, loss, params, optimizer, scheduler, cfg.max_grad_norm)
                 if accelerator.sync_gradients:
                     stage_steps += 1
                     value = float(loss.detach())

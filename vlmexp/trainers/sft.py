@@ -117,6 +117,16 @@ def check_quantization(train_cfg, device: str) -> None:
         raise ConfigError(f"train.lora.quant_bits={bits}: install bitsandbytes (pip install bitsandbytes)")
 
 
+def optimizer_step(accelerator, loss, params, optimizer, scheduler, max_grad_norm: float | None) -> None:
+    """Backward, clip (on the steps that update), step and reset; call inside ``accelerator.accumulate``."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and max_grad_norm:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
 class SFTTrainer:
     def __init__(self, num_workers: int = 0):
         self.num_workers = num_workers
@@ -255,12 +265,7 @@ class SFTTrainer:
                     continue
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    optimizer_step(accelerator, loss, params, optimizer, scheduler, cfg.max_grad_norm)
                 if accelerator.sync_gradients:
                     step += 1
                     value = float(loss.detach())
