@@ -17,7 +17,7 @@ from vlmexp.engines.remote import (
     message_images,
     png_bytes,
 )
-from vlmexp.errors import ConfigError, EngineError
+from vlmexp.errors import EngineError
 from vlmexp.messages import ChatRequest, Generation
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,9 @@ class OllamaEngine(RemoteEngine):
         import httpx
         import ollama
 
-        model_cfg = run.cfg.model if run is not None else None
-        self.model_tag = model_tag or (model_cfg.get("ollama_tag") if model_cfg is not None else None)
-        if not self.model_tag:
-            name = model_cfg.name if model_cfg is not None else "?"
-            raise ConfigError(f"model={name} has no model.ollama_tag: set engine.model_tag=TAG "
-                              "(a name from `ollama list`, e.g. qwen2.5vl:7b)")
-        self.seed = int(run.cfg.seed) if run is not None else None
+        self.model_tag = self.model_setting(run, model_tag, "ollama_tag", "model_tag",
+                                            "TAG (a name from `ollama list`, e.g. qwen2.5vl:7b)")
+        self.seed = self.run_seed(run)
         self.temperature = temperature
         self.num_ctx = num_ctx
         self.num_predict = num_predict

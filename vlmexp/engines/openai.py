@@ -9,7 +9,7 @@ import logging
 import os
 
 from vlmexp.engines.remote import Answer, RemoteEngine, RequestFailed, Retryable, connection_problem, png_base64
-from vlmexp.errors import ConfigError, EngineError
+from vlmexp.errors import EngineError
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, VideoPart
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,9 @@ class OpenAIEngine(RemoteEngine):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
         import openai
 
-        model_cfg = run.cfg.model if run is not None else None
-        self.model_name = model_name or (model_cfg.get("hf_id") if model_cfg is not None else None)
-        if not self.model_name:
-            name = model_cfg.name if model_cfg is not None else "?"
-            raise ConfigError(f"model={name} has no model.hf_id: set engine.model_name=NAME "
-                              "(the model name the server lists at /v1/models)")
-        self.seed = int(run.cfg.seed) if run is not None else None
+        self.model_name = self.model_setting(run, model_name, "hf_id", "model_name",
+                                             "NAME (the model name the server lists at /v1/models)")
+        self.seed = self.run_seed(run)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.base_url = base_url

@@ -116,6 +116,20 @@ class RemoteEngine(Engine):
         self._busy_s = 0.0
         self._numbered = 0  # requests handed to generate() so far: numbers them in the log
 
+    @staticmethod
+    def model_setting(run, explicit: str | None, model_key: str, engine_key: str, hint: str) -> str:
+        """``engine.<engine_key>`` if given, else ``model.<model_key>``; else a one-line ConfigError."""
+        model_cfg = run.cfg.model if run is not None else None
+        value = explicit or (model_cfg.get(model_key) if model_cfg is not None else None)
+        if not value:
+            name = model_cfg.name if model_cfg is not None else "?"
+            raise ConfigError(f"model={name} has no model.{model_key}: set engine.{engine_key}={hint}")
+        return value
+
+    @staticmethod
+    def run_seed(run) -> int | None:
+        return int(run.cfg.seed) if run is not None else None
+
     @abstractmethod
     def _send(self, request: ChatRequest) -> Answer:
         """One call to the server; raises :class:`Retryable` or :class:`RequestFailed`."""
