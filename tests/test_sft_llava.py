@@ -10,9 +10,10 @@ from tests.conftest import compose_config
 from tests.tiny_llava import build_tiny_llava_checkpoint
 from tests.vqa_helpers import write_split
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
+from vlmexp.models.adapters.transformers import IGNORE_INDEX, TransformersAdapter
 from vlmexp.runner import run
-from vlmexp.trainers.features import IGNORE_INDEX, build_features
-from vlmexp.trainers.modules import language_module, projector_module, vision_module
+
+build_features = TransformersAdapter().supervised_features
 
 TINY_LLAVA = ["model=tiny", "model.name=tiny_llava",
               "model.local_builder._target_=tests.tiny_llava.build_tiny_llava_checkpoint"]
@@ -28,9 +29,10 @@ def llava(tmp_path_factory):
 
 def test_llava_parts_are_found_by_their_transformers_names(llava):
     model, _ = llava
-    assert vision_module(model) is model.model.vision_tower
-    assert projector_module(model) is model.model.multi_modal_projector
-    assert language_module(model) == ("model.language_model", model.model.language_model)
+    parts = TransformersAdapter().parts(model)
+    assert parts.vision[1] is model.model.vision_tower
+    assert parts.projector[1] is model.model.multi_modal_projector
+    assert parts.language == ("model.language_model", model.model.language_model)
 
 
 def test_llava_mask_keeps_the_answer_and_an_eos_the_template_does_not_write(llava):

@@ -7,7 +7,10 @@ from PIL import Image
 
 from vlmexp.errors import DataError
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
-from vlmexp.trainers.features import IGNORE_INDEX, build_features, collate
+from vlmexp.models.adapters.transformers import IGNORE_INDEX, TransformersAdapter
+
+build_features = TransformersAdapter().supervised_features
+collate = TransformersAdapter().collate
 
 # A template that, like LLaVA-1.5's, ends the assistant turn with plain text instead of a special token.
 PLAIN_END_TEMPLATE = (

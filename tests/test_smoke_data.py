@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.smoke_fixtures import solid_image, write_yolo_set
-from vlmexp.data.smoke import load_smoke_dataset
+from vlmexp.data.smoke import YoloLayout, load_smoke_dataset
 from vlmexp.errors import DataError
 
 
@@ -59,7 +59,7 @@ def test_smoke_classes_pick_which_yolo_classes_are_smoke(tmp_path):
 def test_yolo_layout_gives_single_images(tmp_path):
     write_yolo_set(tmp_path, [("b2", [0.5, 0.5, 0.2, 0.2]), ("b10", None), ("a1", None)])
     (tmp_path / "labels" / "a1.txt").unlink()  # a missing label file means no smoke too
-    frames = load_smoke_dataset(tmp_path, "yolo")
+    frames = load_smoke_dataset(tmp_path, YoloLayout())
     assert [(f.id, f.sequence, f.has_smoke) for f in frames] == [("a1.png", None, False), ("b2.png", None, True),
                                                                  ("b10.png", None, False)]
 
@@ -90,7 +90,7 @@ def test_wrong_layout_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="use data.format=yolo"):
         load_smoke_dataset(tmp_path / "images")
     with pytest.raises(DataError, match="expects an images/ folder"):
-        load_smoke_dataset(tmp_path / "labels", "yolo")
+        load_smoke_dataset(tmp_path / "labels", YoloLayout())
 
 
 def test_cli_stops_on_a_malformed_label_with_one_line(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.vqa_helpers import write_jsonl
-from vlmexp.data.vqa import load_vqa_file
+from vlmexp.data.vqa import LlavaFormat, load_vqa_file
 from vlmexp.errors import DataError
 
 
@@ -66,7 +66,7 @@ def _llava_records():
 def test_llava_json_one_sample_per_turn_pair_images_under_image_dir(tmp_path, images):
     path = tmp_path / "train_llava.json"
     path.write_text(json.dumps(_llava_records(), indent=2))
-    loaded = load_vqa_file(path, "train", "llava", images)
+    loaded = load_vqa_file(path, "train", LlavaFormat(), images)
     assert loaded.missing_images == 1
     assert [(s.id, s.path.name, s.question, s.answer) for s in loaded.samples] == [
         ("train:img-a#0", "a.png", "What colour is it?", "Red."),
@@ -84,11 +84,11 @@ def test_llava_malformed_record_names_its_line(tmp_path, images):
     text = path.read_text()
     record_line = text[:text.index('"id": "img-b"')].count("\n")  # the line of the record's opening brace
     with pytest.raises(DataError, match=rf"^{path}:{record_line}: conversation turns 1 and 2 must be from human"):
-        load_vqa_file(path, "val", "llava", images)
+        load_vqa_file(path, "val", LlavaFormat(), images)
 
 
 def test_llava_broken_json_names_the_line(tmp_path, images):
     path = tmp_path / "broken.json"
     path.write_text('[\n  {"id": "x", "image": "a.png",\n   "conversations": [}\n]\n')
     with pytest.raises(DataError, match=rf"^{path}:3: malformed LLaVA JSON"):
-        load_vqa_file(path, "train", "llava", images)
+        load_vqa_file(path, "train", LlavaFormat(), images)

@@ -44,7 +44,8 @@ def one_line(exc: Exception) -> str:
         for ln in lines[start + 1:]:
             if ln.startswith("Config search path") or ":" in ln:
                 break
-            options.append(ln)
+            if not ln.startswith("_"):  # _base and the like are what options extend, not options
+                options.append(ln)
     if missing:
         group, option = missing.groups()
         return f"{group}={option}: no such option" + (f" (available: {', '.join(options)})" if options else "")

@@ -25,6 +25,9 @@ class Mode(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # The model family's adapter (``_target_``: a vlmexp.models.adapters.ModelAdapter); conf/model/_base.yaml
+    # names the default one for AutoModelForImageTextToText models.
+    adapter: Any = None
     hf_id: str | None = None
     # A callable (``_target_``) that returns a local checkpoint folder; used instead of hf_id
     # when set (the tiny model builds itself offline this way).
@@ -88,6 +91,8 @@ class TrainConfig:
 class DataConfig:
     root: str | None = None
     format: str | None = None
+    # data.format -> a reader class (``_target_``); each task's YAML lists the formats it reads.
+    formats: Any = None
     limit: int | None = None
     train_root: str | None = None
     val_root: str | None = None

@@ -18,6 +18,13 @@ class BinarySample:
     source: str  # file:line, for messages
 
 
+class BinaryJsonlFormat:
+    """``data.format=jsonl``: one {image_path, text, label} object per line."""
+
+    def read(self, path: str | Path, split: str, missing: MissingImages, limit: int | None = None):
+        return load_binary_jsonl(path, split, missing, limit)
+
+
 def load_binary_jsonl(path: str | Path, split: str, missing: MissingImages,
                       limit: int | None = None) -> list[BinarySample]:
     """The usable samples of one file; samples whose image does not exist are counted in ``missing``."""

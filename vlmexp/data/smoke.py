@@ -99,18 +99,27 @@ def load_yolo(root: Path, smoke_classes: set[int]) -> list[SmokeFrame]:
                        boxes=read_yolo_labels(labels_dir / f"{p.stem}.txt", smoke_classes)) for p in paths]
 
 
-def load_smoke_dataset(root: str | Path, fmt: str = "sequences", smoke_classes=(0,), frame_stride: int = 1,
+class SequencesLayout:
+    """``data.format=sequences``: ``root/<sequence>/<frame>.jpg`` with YOLO labels beside the frames."""
+
+    def read(self, root: Path, smoke_classes: set[int], frame_stride: int = 1) -> list[SmokeFrame]:
+        return load_sequences(root, smoke_classes, frame_stride)
+
+
+class YoloLayout:
+    """``data.format=yolo``: ``root/images/*`` and ``root/labels/<stem>.txt`` (D-Fire); single images."""
+
+    def read(self, root: Path, smoke_classes: set[int], frame_stride: int = 1) -> list[SmokeFrame]:
+        return load_yolo(root, smoke_classes)
+
+
+def load_smoke_dataset(root: str | Path, fmt=None, smoke_classes=(0,), frame_stride: int = 1,
                        limit: int | None = None) -> list[SmokeFrame]:
+    """The frames under ``root`` as read by ``fmt`` (a layout's reader; default: sequences)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root={root}: folder does not exist")
-    classes = {int(c) for c in smoke_classes}
-    if fmt == "sequences":
-        frames = load_sequences(root, classes, frame_stride)
-    elif fmt == "yolo":
-        frames = load_yolo(root, classes)
-    else:
-        raise DataError(f"data.format={fmt}: expected 'sequences' or 'yolo'")
+    frames = (fmt or SequencesLayout()).read(root, {int(c) for c in smoke_classes}, frame_stride)
     if not frames:
         raise DataError(f"{root}: no images found")
     return frames[:limit] if limit is not None else frames

@@ -21,7 +21,6 @@ from vlmexp.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "llava")
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -45,6 +44,20 @@ def _text(record: dict, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: '{key}' must be a non-empty string (got {value!r})")
     return value.strip()
+
+
+class JsonlFormat:
+    """``data.format=jsonl``: one {image_path, question, answer} object per line."""
+
+    def read(self, path: Path, split: str, image_dir: str | Path | None = None) -> list[VQASample]:
+        return _jsonl_samples(path, split)
+
+
+class LlavaFormat:
+    """``data.format=llava``: a LLaVA conversations JSON list; images under ``data.image_dir`` (else beside it)."""
+
+    def read(self, path: Path, split: str, image_dir: str | Path | None = None) -> list[VQASample]:
+        return _llava_samples(path, Path(image_dir).expanduser() if image_dir else path.parent, split)
 
 
 def _jsonl_samples(path: Path, split: str) -> list[VQASample]:
@@ -117,17 +130,13 @@ def _llava_samples(path: Path, image_dir: Path, split: str) -> list[VQASample]:
     return samples
 
 
-def load_vqa_file(path: str | Path, split: str, fmt: str = "jsonl", image_dir: str | Path | None = None) -> VQAFile:
-    """Samples of one split file, without those whose image does not exist (counted)."""
+def load_vqa_file(path: str | Path, split: str, fmt=None, image_dir: str | Path | None = None) -> VQAFile:
+    """Samples of one split file read by ``fmt`` (a format's reader; default JSONL), without those whose
+    image does not exist (counted)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if fmt == "jsonl":
-        samples = _jsonl_samples(path, split)
-    elif fmt == "llava":
-        samples = _llava_samples(path, Path(image_dir).expanduser() if image_dir else path.parent, split)
-    else:
-        raise DataError(f"data.format={fmt}: expected one of {', '.join(FORMATS)}")
+    samples = (fmt or JsonlFormat()).read(path, split, image_dir)
     kept = [s for s in samples if s.path.is_file()]
     missing = len(samples) - len(kept)
     if missing:

@@ -11,29 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from vlmexp.engines.base import Engine
 from vlmexp.errors import EngineError
-from vlmexp.messages import ChatRequest, Generation, ImagePart, TextPart, VideoPart
+from vlmexp.hardware import resolve_placement
+from vlmexp.messages import ChatRequest, Generation
+from vlmexp.models.adapters import model_adapter
+from vlmexp.models.configs import model_config
+from vlmexp.models.loading import resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def to_hf_conversation(request: ChatRequest) -> list[dict]:
-    """Typed messages -> the content-list format of transformers chat templates."""
-    conversation = []
-    for message in request.messages:
-        content: list[dict[str, Any]] = []
-        for part in message.content:
-            if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-            elif isinstance(part, ImagePart):
-                content.append({"type": "image"})
-            elif isinstance(part, VideoPart):
-                content.append({"type": "video"})
-        conversation.append({"role": message.role, "content": content})
-    return conversation
 
 
 class HFEngine(Engine):
@@ -61,10 +48,9 @@ class HFEngine(Engine):
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._generate_seconds = 0.0
+        self.adapter = model_adapter(self.model_cfg)
         if model is None:
             if self._may_switch_model and self.model_cfg.get("fallback"):
-                from vlmexp.models.configs import model_config
-
                 model_config(self.model_cfg.fallback, run.cfg)  # a bad name fails now, not after an OOM
             self._load_first_that_fits()
         else:
@@ -76,16 +62,14 @@ class HFEngine(Engine):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
 
-    def _load(self, model_cfg) -> tuple[Any, Any]:
-        """Processor and model for ``model_cfg`` on the run's hardware."""
-        from vlmexp.hardware import resolve_placement
-        from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
-
+    def _load(self, model_cfg) -> tuple[object, object]:
+        """Processor and model for ``model_cfg`` on the run's hardware, through its adapter."""
         checkpoint = self.run.checkpoint or resolve_checkpoint(model_cfg)
         placement = (self.run.placement if model_cfg is self.run.cfg.model
                      else resolve_placement(self.run.cfg.hardware, model_cfg))
-        processor = load_processor(checkpoint, model_cfg)
-        return load_model(checkpoint, model_cfg, placement), processor
+        self.adapter = model_adapter(model_cfg)
+        processor = self.adapter.load_processor(checkpoint, model_cfg)
+        return self.adapter.load_model(checkpoint, model_cfg, placement), processor
 
     def _load_first_that_fits(self) -> None:
         """Load ``model_cfg``; on out-of-memory while loading, go down the fallback chain."""
@@ -105,8 +89,6 @@ class HFEngine(Engine):
     def _next_model(self, reason: str) -> None:
         """Make ``model.fallback`` the current model config and record the switch; EngineError if
         there is none to switch to."""
-        from vlmexp.models.configs import model_config
-
         current = self._model_label()
         name = self.model_cfg.get("fallback") if self._may_switch_model else None
         if not name:
@@ -166,38 +148,11 @@ class HFEngine(Engine):
 
     # -- inputs -------------------------------------------------------------------------------
     def _prompt_text(self, request: ChatRequest) -> str:
-        return self.processor.apply_chat_template(to_hf_conversation(request), add_generation_prompt=True,
-                                                  tokenize=False)
+        return self.adapter.prompt_text(self.processor, request)
 
     def _encode(self, texts: list[str], requests: Sequence[ChatRequest], padding_side: str):
-        images = [img for r in requests for img in r.images]
-        videos = [(v.frames, v.fps) for r in requests for v in r.videos]
-        kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side=padding_side)
-        if images:
-            kwargs["images"] = images
-        if videos:
-            kwargs["videos"] = [frames for frames, _ in videos]
-            # The frames are already sampled; their rate sets the model's temporal positions.
-            kwargs["video_metadata"] = [{"total_num_frames": len(frames), "fps": float(fps)} for frames, fps in videos]
-            kwargs["do_sample_frames"] = False
-        return self.processor(**kwargs).to(self.model.device)
-
-    def _sent_sizes(self, inputs, requests: Sequence[ChatRequest]) -> list[list[tuple[int, int]]]:
-        """Per request, the (width, height) of each image after the processor's resizing."""
-        grids = inputs.get("image_grid_thw")
-        patch = getattr(getattr(self.processor, "image_processor", None), "patch_size", None)
-        sizes, k = [], 0
-        for request in requests:
-            own = []
-            for image in request.images:
-                if grids is not None and patch:
-                    _, h, w = (int(x) for x in grids[k])
-                    own.append((w * patch, h * patch))
-                else:
-                    own.append(tuple(image.size))
-                k += 1
-            sizes.append(own)
-        return sizes
+        return self.adapter.encode(self.processor, requests, padding_side=padding_side, texts=texts).to(
+            self.model.device)
 
     # -- protocol -----------------------------------------------------------------------------
     def preferred_batch_size(self) -> int:
@@ -213,17 +168,16 @@ class HFEngine(Engine):
         max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
         began = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=self.do_sample,
-                                      temperature=self.temperature if self.do_sample else None,
-                                      top_p=None, top_k=None,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            out = self.adapter.generate(self.model, inputs, max_new_tokens=max_new, do_sample=self.do_sample,
+                                        temperature=self.temperature if self.do_sample else None,
+                                        top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id)
         elapsed = time.perf_counter() - began
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out[:, prompt_len:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         counts = [self._count_generated(row) for row in new_tokens]
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
-        sizes = self._sent_sizes(inputs, chunk)
+        sizes = self.adapter.image_sizes(self.processor, inputs, chunk)
         results = [Generation(text=text.strip(), latency_s=elapsed / len(chunk), prompt_tokens=int(n_in),
                               completion_tokens=n_out, image_sizes=size)
                    for text, n_out, n_in, size in zip(texts, counts, prompt_counts, sizes)]

@@ -21,19 +21,19 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from vlmexp.errors import ConfigError
 from vlmexp.messages import ChatRequest
+from vlmexp.models.adapters import ModelAdapter, model_adapter
 from vlmexp.models.classifier_spec import HeadConfig, classification_request
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
 FORMAT_VERSION = 1
-_BACKBONE_KEYS = ("name", "revision", "trust_remote_code", "min_pixels", "max_pixels", "dtype")
+_BACKBONE_KEYS = ("name", "revision", "trust_remote_code", "min_pixels", "max_pixels", "dtype", "adapter")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -85,27 +85,21 @@ class VLMClassifier(nn.Module):
         return self.head(features.to(weight.device, weight.dtype))
 
 
-def encode(processor, requests: Sequence[ChatRequest]):
-    """Processor inputs for a batch of requests, rendered with the model's chat template, right-padded."""
-    from vlmexp.engines.hf import to_hf_conversation
-
-    texts = [processor.apply_chat_template(to_hf_conversation(r), add_generation_prompt=True, tokenize=False)
-             for r in requests]
-    kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="right")
-    images = [img for r in requests for img in r.images]
-    if images:
-        kwargs["images"] = images
-    return processor(**kwargs)
+def encode(processor, requests: Sequence[ChatRequest], adapter: ModelAdapter | None = None):
+    """Processor inputs for a batch of requests, rendered by the model's adapter, right-padded."""
+    return (adapter or model_adapter(None)).encode(processor, requests, padding_side="right")
 
 
 class Classifier:
     """A loaded backbone with its head, ready to predict; also what the evaluation engine serves."""
 
-    def __init__(self, module: VLMClassifier, processor, class_names: Sequence[str], backbone: Mapping):
+    def __init__(self, module: VLMClassifier, processor, class_names: Sequence[str], backbone: Mapping,
+                 adapter: ModelAdapter | None = None):
         self.module = module
         self.processor = processor
         self.class_names = list(class_names)
         self.backbone = dict(backbone)  # id/path and loading settings, saved beside the head
+        self.adapter = adapter or model_adapter(None)
 
     @property
     def device(self):
@@ -113,7 +107,7 @@ class Classifier:
 
     def logits(self, requests: Sequence[ChatRequest]) -> torch.Tensor:
         self.module.eval()
-        inputs = encode(self.processor, requests).to(self.module.backbone.device)
+        inputs = encode(self.processor, requests, self.adapter).to(self.module.backbone.device)
         with torch.inference_mode():
             return self.module(**inputs).float().cpu()
 
@@ -173,7 +167,11 @@ class Classifier:
 
 def backbone_spec(model_cfg, checkpoint: str) -> dict:
     """What loading the backbone again needs: the resolved id or path plus the model config's settings."""
+    from omegaconf import OmegaConf
+
     spec = {key: model_cfg.get(key) for key in _BACKBONE_KEYS}
+    if spec["adapter"] is not None:
+        spec["adapter"] = OmegaConf.to_container(spec["adapter"], resolve=True)
     spec["checkpoint"] = checkpoint
     return spec
 
@@ -192,7 +190,6 @@ def load_classifier(folder: str | Path, device: str = "auto", precision: str = "
     from safetensors.torch import load_file
 
     from vlmexp.hardware import resolve_placement
-    from vlmexp.models.loading import load_model, load_processor
 
     folder = Path(folder)
     config = read_head_config(folder)
@@ -202,8 +199,9 @@ def load_classifier(folder: str | Path, device: str = "auto", precision: str = "
                                      quantization=None))
     placement = resolve_placement(hardware, model_cfg)
     source = str(folder / "backbone") if config["backbone_weights"] == "backbone" else spec["checkpoint"]
-    processor = load_processor(source, model_cfg)
-    backbone = load_model(source, model_cfg, placement)
+    adapter = model_adapter(model_cfg)
+    processor = adapter.load_processor(source, model_cfg)
+    backbone = adapter.load_model(source, model_cfg, placement)
     if config["backbone_weights"] == "adapter":
         from peft import PeftModel
 
@@ -212,4 +210,4 @@ def load_classifier(folder: str | Path, device: str = "auto", precision: str = "
     module.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     module.head.to(backbone.device)
     module.eval()
-    return Classifier(module, processor, config["class_names"], spec)
+    return Classifier(module, processor, config["class_names"], spec, adapter)

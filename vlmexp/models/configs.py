@@ -11,7 +11,21 @@ from vlmexp.paths import conf_dir
 
 
 def model_names() -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+    """The ``model`` group's options (files starting with ``_`` are bases, not options)."""
+    return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def load_group_option(group: str, name: str) -> DictConfig:
+    """One option of a config group with its own defaults list applied (``defaults: [_base, _self_]``),
+    as Hydra composes it, for options loaded at run time."""
+    node = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    defaults = list(node.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for item in defaults:
+        merged = OmegaConf.merge(merged, node if item == "_self_" else load_group_option(group, str(item)))
+    return merged
 
 
 def model_config(name: str, root_cfg: DictConfig, key: str = "model.fallback") -> DictConfig:
@@ -22,7 +36,7 @@ def model_config(name: str, root_cfg: DictConfig, key: str = "model.fallback") -
     path = conf_dir() / "model" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{key}={name}: no such model config (known: {', '.join(model_names())})")
-    node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    node = OmegaConf.merge(OmegaConf.structured(ModelConfig), load_group_option("model", name))
     cfg = copy.deepcopy(root_cfg)
     cfg.model = node
     return cfg.model

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlmexp.config.validate import check_target_keys
-from vlmexp.data.binary import BinarySample, load_binary_jsonl
+from vlmexp.data.binary import BinarySample
+from vlmexp.data.formats import data_format
 from vlmexp.data.images import UnreadableImage, open_image
 from vlmexp.data.jsonl import MissingImages
 from vlmexp.errors import ConfigError
@@ -52,8 +53,7 @@ class BinaryTask(Task):
     def load_splits(self, run) -> Splits:
         self.check_config()
         data, mode = run.cfg.data, run.mode
-        if data.format not in (None, "jsonl"):
-            raise ConfigError(f"data.format={data.format}: task=binary reads jsonl")
+        reader = data_format(data, "jsonl")
         files = {"train": data.train_file, "val": data.val_file, "test": data.test_file}
         if not any(files.values()):
             from vlmexp.data.synthetic_binary import generate_binary_dataset
@@ -69,14 +69,14 @@ class BinaryTask(Task):
         if self.checkpoint and mode == "eval":
             self._check_checkpoint_model(run.cfg.model.name)
         missing = MissingImages()
-        train = load_binary_jsonl(files["train"], "train", missing) if training else None
-        val = load_binary_jsonl(files["val"], "val", missing) if training else None
+        train = reader.read(files["train"], "train", missing) if training else None
+        val = reader.read(files["val"], "val", missing) if training else None
         test = None
         if mode != "train":
             if files["test"]:
-                test = load_binary_jsonl(files["test"], "test", missing, data.limit)
+                test = reader.read(files["test"], "test", missing, data.limit)
             else:
-                test = val[:data.limit] if val is not None else load_binary_jsonl(files["val"], "val", missing,
+                test = val[:data.limit] if val is not None else reader.read(files["val"], "val", missing,
                                                                                   data.limit)
         self.missing_images = missing.count
         return Splits(train=train, val=val, test=test, skipped={"skipped_missing_images": missing.count})

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vlmexp.data.formats import data_format
 from vlmexp.data.images import UnreadableImage, open_image
 from vlmexp.data.perturb import perturbation_seed, shake_and_blur, transform_boxes
 from vlmexp.data.smoke import SmokeFrame, load_smoke_dataset
@@ -76,10 +77,12 @@ class SmokeTask(Task):
         if training and not roots["train"]:
             raise ConfigError(f"mode={mode} needs data.train_root (a folder in data.format={data.format})")
 
+        layout = data_format(data, "sequences")
+
         def load(root, limit=None):
             if not root:
                 return None
-            return load_smoke_dataset(root, data.format or "sequences", self.smoke_classes, data.frame_stride, limit)
+            return load_smoke_dataset(root, layout, self.smoke_classes, data.frame_stride, limit)
 
         test = load(roots["test"], data.limit) if mode != "train" else None
         if test and self.robustness:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from vlmexp.data.formats import data_format
 from vlmexp.data.images import UnreadableImage, open_image
 from vlmexp.data.vqa import VQASample, load_vqa_file
 from vlmexp.errors import ConfigError, DataError
@@ -41,6 +42,7 @@ class VQATask(Task):
     def load_splits(self, run) -> Splits:
         data, mode = run.cfg.data, run.mode
         fmt = data.format or "jsonl"
+        reader = data_format(data, "jsonl")
         training, evaluating = "train" in mode, mode != "train"
         if training and not data.train_file:
             raise ConfigError(f"mode={mode} needs data.train_file (a data.format={fmt} file)")
@@ -51,7 +53,7 @@ class VQATask(Task):
         loaded, self.missing_images = {}, 0
         for split, path in files.items():
             if path:
-                found = load_vqa_file(path, split, fmt, data.image_dir)
+                found = load_vqa_file(path, split, reader, data.image_dir)
                 if not found.samples:
                     raise DataError(f"{path}: no question has an existing image")
                 self.missing_images += found.missing_images

@@ -23,15 +23,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vlmexp.errors import ConfigError, DataError
+from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
-from vlmexp.trainers.modules import (
-    count_parameters,
-    language_linear_names,
-    language_module,
-    projector_module,
-    set_trainable,
-    vision_module,
-)
+from vlmexp.trainers.modules import count_parameters, freeze_parts, language_linear_names, set_trainable
 from vlmexp.trainers.sft import EarlyStopping, TrainResult, optimizer_step
 from vlmexp.trainers.stages import Stage, resolve_stages
 
@@ -95,14 +89,15 @@ class ClassifierTrainer:
         from accelerate.utils import set_seed
 
         from vlmexp.models.classifier import Classifier, VLMClassifier, backbone_spec
-        from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
+        from vlmexp.models.loading import resolve_checkpoint
 
         set_seed(run.cfg.seed)
+        adapter = model_adapter(run.cfg.model)
         source = resolve_checkpoint(run.cfg.model)
-        processor = load_processor(source, run.cfg.model)
-        backbone = load_model(source, run.cfg.model, run.placement, for_training=True)
+        processor = adapter.load_processor(source, run.cfg.model)
+        backbone = adapter.load_model(source, run.cfg.model, run.placement, for_training=True)
         module = VLMClassifier(backbone, task.head, len(task.class_names))
-        classifier = Classifier(module, processor, task.class_names, backbone_spec(run.cfg.model, source))
+        classifier = Classifier(module, processor, task.class_names, backbone_spec(run.cfg.model, source), adapter)
         train_set = ExampleSet(task.training_examples(splits.train), task.class_names)
         val_set = ExampleSet(task.training_examples(splits.val), task.class_names)
         accelerator = Accelerator(mixed_precision=run.placement.mixed_precision, cpu=run.placement.device == "cpu")
@@ -115,20 +110,21 @@ class ClassifierTrainer:
             if hasattr(module.backbone, "peft_config") and stage.backbone != "lora":
                 module.backbone = module.backbone.merge_and_unload()  # later stages build on the adapted weights
                 backbone_changed = True
-            _configure_backbone(module, stage)
+            _configure_backbone(module, stage, adapter)
             trainable, total = count_parameters(module)
             run.tracker.log_metrics({"trainable_params": trainable, "total_params": total}, step=index + 1)
             log.info("stage %d (%s, backbone %s): %s of %s parameters trainable", index + 1, stage.name,
                      stage.backbone, f"{trainable:,}", f"{total:,}")
             if stage.backbone == "frozen":
                 if features is None:
-                    features = tuple(self._extract(accelerator, module, processor, split, stage.train.batch_size)
+                    features = tuple(self._extract(accelerator, module, classifier, split, stage.train.batch_size)
                                      for split in (train_set, val_set))
                 train_data, val_data, collate = features[0], features[1], _stack_features
             else:
                 features = None
                 backbone_changed = backbone_changed or stage.backbone == "full"
-                train_data, val_data, collate = train_set, val_set, _RequestCollator(processor)
+                collate = _RequestCollator(classifier.processor, classifier.adapter)
+                train_data, val_data = train_set, val_set
             loop.run_stage(index, stage, train_data, val_data, collate, self.num_workers)
         module.eval()
         changed = backbone_changed and any(s.backbone != "frozen" for s in stages[:loop.best_stage + 1])
@@ -157,13 +153,13 @@ class ClassifierTrainer:
         return TrainResult(classifier, classifier.processor, checkpoint, summary["best_epoch"], summary["history"])
 
     @staticmethod
-    def _extract(accelerator, module, processor, data: ExampleSet, batch_size: int):
+    def _extract(accelerator, module, classifier, data: ExampleSet, batch_size: int):
         """Pooled backbone features and labels of every readable example (the backbone is frozen)."""
         import torch
         from accelerate.utils import send_to_device
 
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                             collate_fn=_RequestCollator(processor))
+                                             collate_fn=_RequestCollator(classifier.processor, classifier.adapter))
         accelerator.prepare_model(module, evaluation_mode=True)  # device placement only
         module.eval()
         feats, labels = [], []
@@ -179,7 +175,7 @@ class ClassifierTrainer:
         return torch.utils.data.TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-def _configure_backbone(module, stage: Stage) -> None:
+def _configure_backbone(module, stage: Stage, adapter) -> None:
     """Which backbone parameters the stage trains; the head always trains."""
     from vlmexp.models.classifier import unwrap_peft
 
@@ -188,35 +184,33 @@ def _configure_backbone(module, stage: Stage) -> None:
         set_trainable(module.backbone, False)
     elif stage.backbone == "full":
         backbone, train = module.backbone, stage.train
-        set_trainable(backbone, True)
-        set_trainable(vision_module(backbone), not train.freeze_vision)
-        set_trainable(projector_module(backbone), not train.freeze_projector)
-        set_trainable(language_module(backbone)[1], not train.freeze_llm)
+        freeze_parts(backbone, adapter.parts(backbone), vision=train.freeze_vision,
+                     projector=train.freeze_projector, language=train.freeze_llm)
     else:
         if not hasattr(module.backbone, "peft_config"):
-            module.backbone = _with_lora(module.backbone, stage.train.lora)
+            module.backbone = _with_lora(module.backbone, stage.train.lora, adapter)
         for name, param in module.backbone.named_parameters():
             param.requires_grad_("lora_" in name)
     if stage.train.gradient_checkpointing and stage.backbone != "frozen":
         unwrap_peft(module.backbone).gradient_checkpointing_enable()
 
 
-def _with_lora(backbone, lora):
+def _with_lora(backbone, lora, adapter):
     from peft import LoraConfig, get_peft_model
 
     targets = lora.target_modules
     if targets in (None, "all-linear"):
-        targets = language_linear_names(backbone)
+        targets = language_linear_names(backbone, adapter.parts(backbone))
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                         target_modules=targets if isinstance(targets, str) else list(targets))
     return get_peft_model(backbone, config)
 
 
 class _RequestCollator:
-    """Encodes a batch of (request, label) with the processor; drops unreadable (None) items."""
+    """Encodes a batch of (request, label) through the model's adapter; drops unreadable (None) items."""
 
-    def __init__(self, processor):
-        self.processor = processor
+    def __init__(self, processor, adapter):
+        self.processor, self.adapter = processor, adapter
 
     def __call__(self, items) -> dict:
         import torch
@@ -226,7 +220,7 @@ class _RequestCollator:
         items = [item for item in items if item is not None]
         if not items:
             return {}
-        batch = dict(encode(self.processor, [request for request, _ in items]))
+        batch = dict(encode(self.processor, [request for request, _ in items], self.adapter))
         batch["labels"] = torch.tensor([label for _, label in items])
         return batch
 

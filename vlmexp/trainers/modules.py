@@ -1,42 +1,8 @@
-"""Find a VLM's parts (vision encoder, projector, language model) to freeze or adapt.
-
-Looked up by the attribute names transformers' VLM classes use for them, not by model names.
-"""
+"""Freezing and LoRA targets over a model's parts, as its adapter names them (never by model name)."""
 
 from __future__ import annotations
 
-_VISION = ("visual", "vision_tower", "vision_model", "vision_encoder")
-_PROJECTOR = ("multi_modal_projector", "mm_projector", "merger")
-_LANGUAGE = ("language_model", "text_model")
-
-
-def _find(model, names: tuple[str, ...]):
-    """(qualified name, module) of the first submodule whose own name is in ``names``."""
-    for qualified, module in model.named_modules():
-        if qualified.rsplit(".", 1)[-1] in names:
-            return qualified, module
-    return None, None
-
-
-def vision_module(model):
-    return _find(model, _VISION)[1]
-
-
-def projector_module(model):
-    return _find(model, _PROJECTOR)[1]
-
-
-def language_module(model):
-    """(qualified name, module) of the language model inside the VLM."""
-    return _find(model, _LANGUAGE)
-
-
-def vision_module_name(model) -> str | None:
-    return _find(model, _VISION)[0]
-
-
-def projector_module_name(model) -> str | None:
-    return _find(model, _PROJECTOR)[0]
+from vlmexp.models.adapters import ModelParts
 
 
 def set_trainable(module, trainable: bool) -> None:
@@ -45,11 +11,23 @@ def set_trainable(module, trainable: bool) -> None:
             param.requires_grad_(trainable)
 
 
-def language_linear_names(model) -> list[str]:
+def freeze_parts(model, parts: ModelParts, *, vision: bool, projector: bool, language: bool) -> None:
+    """Everything trainable, then the named parts frozen as asked (the output head goes with the
+    language model)."""
+    set_trainable(model, True)
+    set_trainable(ModelParts.module(parts.vision), not vision)
+    set_trainable(ModelParts.module(parts.projector), not projector)
+    set_trainable(ModelParts.module(parts.language), not language)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if language and output is not None:
+        set_trainable(output, False)
+
+
+def language_linear_names(model, parts: ModelParts) -> list[str]:
     """Every nn.Linear inside the language model: the default LoRA targets."""
     import torch
 
-    prefix, _ = language_module(model)
+    prefix = ModelParts.name(parts.language)
     if prefix is None:
         raise ValueError("cannot find the language model inside this VLM")
     return [name for name, mod in model.named_modules()

@@ -22,24 +22,11 @@ from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from vlmexp.errors import ConfigError, VlmexpError
-from vlmexp.trainers.features import build_features, collate
-from vlmexp.trainers.modules import (
-    count_parameters,
-    language_linear_names,
-    language_module,
-    projector_module,
-    projector_module_name,
-    set_trainable,
-    vision_module,
-    vision_module_name,
-)
+from vlmexp.models.adapters import ModelParts, model_adapter
+from vlmexp.trainers.modules import count_parameters, freeze_parts, language_linear_names
 from vlmexp.trainers.state import is_peft, load_train_state, restore_best, save_best, save_train_state
 
 log = logging.getLogger(__name__)
-
-#: ``model.interface`` of models loadable with AutoModelForImageTextToText and a chat template.
-TRANSFORMERS_INTERFACE = "image_text_to_text"
-
 
 @dataclass
 class TrainResult:
@@ -54,8 +41,8 @@ class ExampleDataset:
     """Builds features lazily; an example whose image cannot be read yields None (``collate`` leaves
     it out) and its id is added to ``corrupt``, in the process that reads it (num_workers=0: this one)."""
 
-    def __init__(self, examples, processor):
-        self.examples, self.processor = examples, processor
+    def __init__(self, examples, processor, adapter):
+        self.examples, self.processor, self.adapter = examples, processor, adapter
         self.corrupt: set[str] = set()
 
     def __len__(self):
@@ -72,7 +59,7 @@ class ExampleDataset:
                 log.warning("skipping unreadable training image: %s", exc)
             self.corrupt.add(example.id)
             return None
-        return build_features(self.processor, request, answer)
+        return self.adapter.supervised_features(self.processor, request, answer)
 
 
 class EarlyStopping:
@@ -92,17 +79,6 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad >= self.patience
-
-
-def check_trainable_interface(model_cfg) -> None:
-    """Refuse, in one line, a model whose own interface the trainer cannot drive."""
-    interface = model_cfg.get("interface") or TRANSFORMERS_INTERFACE
-    if interface != TRANSFORMERS_INTERFACE:
-        raise ConfigError(
-            f"model={model_cfg.name}: model.interface={interface}: this model answers through its own "
-            "remote-code API, not AutoModelForImageTextToText with a chat template, so answer-only "
-            "fine-tuning cannot build its inputs and labels; fine-tune a transformers VLM instead "
-            "(model=qwen2_5_vl_3b, qwen2_vl_2b, qwen7b or llava15_7b)")
 
 
 def check_quantization(train_cfg, device: str) -> None:
@@ -133,10 +109,11 @@ class SFTTrainer:
 
     # -- model preparation ------------------------------------------------------------------
     def prepare_model(self, run):
-        from vlmexp.models.loading import load_model, load_processor, resolve_checkpoint
+        from vlmexp.models.loading import resolve_checkpoint
 
         train, placement = run.cfg.train, run.placement
-        check_trainable_interface(run.cfg.model)
+        adapter = model_adapter(run.cfg.model)
+        adapter.check_trainable(run.cfg.model)
         check_quantization(train, placement.device)
         lora = train.lora.enabled or train.lora.quant_bits is not None
         if placement.quantization and not lora:
@@ -147,26 +124,24 @@ class SFTTrainer:
             raise ConfigError("train.freeze_llm=true with LoRA: the default LoRA targets are the language "
                               "model's linear layers; name other train.lora.target_modules or unfreeze it")
         checkpoint = resolve_checkpoint(run.cfg.model)
-        processor = load_processor(checkpoint, run.cfg.model)
+        processor = adapter.load_processor(checkpoint, run.cfg.model)
         if train.lora.quant_bits:
             placement = type(placement)(placement.device, placement.dtype, placement.attn_implementation,
                                         train.lora.quant_bits)
-        model = load_model(checkpoint, run.cfg.model, placement, for_training=True)
-        set_trainable(model, True)
-        set_trainable(vision_module(model), not train.freeze_vision)
-        set_trainable(projector_module(model), not train.freeze_projector)
-        set_trainable(language_module(model)[1], not train.freeze_llm)
-        set_trainable(model.get_output_embeddings(), not train.freeze_llm)
+        model = adapter.load_model(checkpoint, run.cfg.model, placement, for_training=True)
+        parts = adapter.parts(model)
+        freeze_parts(model, parts, vision=train.freeze_vision, projector=train.freeze_projector,
+                     language=train.freeze_llm)
         if train.gradient_checkpointing and not train.lora.quant_bits:
             # the transformers 5 name; older 5.x releases only have the gradient_checkpointing_ one
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable({"use_reentrant": False})
         if lora:
-            model = self._with_lora(model, train)
-        return model, processor
+            model = self._with_lora(model, parts, train)
+        return model, processor, adapter
 
     @staticmethod
-    def _with_lora(model, train):
+    def _with_lora(model, parts: ModelParts, train):
         """Adapters on the target layers; a vision encoder or projector left unfrozen trains in full."""
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -177,9 +152,9 @@ class SFTTrainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         targets = lora.target_modules
         if targets in (None, "all-linear"):
-            targets = language_linear_names(model)
+            targets = language_linear_names(model, parts)
         full = []
-        vision, projector = vision_module_name(model), projector_module_name(model)
+        vision, projector = ModelParts.name(parts.vision), ModelParts.name(parts.projector)
         if vision and not train.freeze_vision:
             full.append(vision)
         if projector and not train.freeze_projector and not any(projector.startswith(f + ".") for f in full):
@@ -198,7 +173,7 @@ class SFTTrainer:
 
         cfg = run.cfg.train
         set_seed(run.cfg.seed)
-        model, processor = self.prepare_model(run)
+        model, processor, adapter = self.prepare_model(run)
         trainable, total = (model.get_nb_trainable_parameters() if is_peft(model) else count_parameters(model))
         run.tracker.log_metrics({"trainable_params": trainable, "total_params": total})
         log.info("trainable parameters: %s of %s", f"{trainable:,}", f"{total:,}")
@@ -206,14 +181,14 @@ class SFTTrainer:
             raise ConfigError("train.freeze_*: every parameter is frozen; nothing to train")
 
         pad_id = getattr(processor, "tokenizer", processor).pad_token_id
-        train_set = ExampleDataset(task.training_examples(splits.train), processor)
-        val_set = ExampleDataset(task.training_examples(splits.val), processor) if splits.val else None
+        train_set = ExampleDataset(task.training_examples(splits.train), processor, adapter)
+        val_set = ExampleDataset(task.training_examples(splits.val), processor, adapter) if splits.val else None
         generator = torch.Generator().manual_seed(run.cfg.seed)
         loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
                                              generator=generator, num_workers=self.num_workers,
-                                             collate_fn=partial(collate, pad_token_id=pad_id))
+                                             collate_fn=partial(adapter.collate, pad_token_id=pad_id))
         val_loader = (torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                                                  collate_fn=partial(collate, pad_token_id=pad_id))
+                                                  collate_fn=partial(adapter.collate, pad_token_id=pad_id))
                       if val_set else None)
 
         accelerator = Accelerator(mixed_precision=run.placement.mixed_precision,
