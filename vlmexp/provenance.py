@@ -13,19 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.paths import source_root
 
-# Keys that change how a run executes, not what it predicts; left out of the fingerprint so
-# that, for example, raising data.limit or engine.concurrency reuses the finished predictions.
-_EXECUTION_KEYS = {"batch_size", "concurrency", "timeout_s", "max_retries", "backoff_s", "max_consecutive_failures",
-                   "host", "base_url", "pull", "keep_alive", "api_key_env"}
-
 
 def config_fingerprint(cfg: DictConfig, mode: str) -> str:
-    """Hash of the resolved config parts that affect predictions."""
+    """Hash of the resolved config parts that affect predictions. The engine's own ``execution_keys``
+    (how it runs, not what it answers) and ``data.limit`` are left out, so that, for example, raising
+    data.limit or engine.concurrency reuses the finished predictions."""
+    from hydra.utils import get_class
+
+    execution_keys = get_class(cfg.engine._target_).execution_keys
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in ("logger", "paths", "resume", "hydra"):
         data.pop(key, None)
     data["data"].pop("limit", None)
-    data["engine"] = {k: v for k, v in data["engine"].items() if k not in _EXECUTION_KEYS}
+    data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys}
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import shutil
@@ -18,18 +19,20 @@ from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.store import PredictionStore
 from vlmexp.paths import expand
 from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
+from vlmexp.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunContext:
-    """What plugins get from the runner: the config plus the run's folders and tracker."""
+    """What plugins get from the runner: the config plus the run's folders and tracker, and the one
+    factory every engine of the run is built by."""
 
     cfg: DictConfig
     output_dir: Path  # this job's Hydra run dir (human-facing files)
     work_dir: Path  # keyed by config fingerprint: predictions and checkpoints, found again on rerun
-    tracker: object
+    tracker: Tracker
     fingerprint: str
     checkpoint: str | None = None
     metrics: dict = field(default_factory=dict)
@@ -44,6 +47,17 @@ class RunContext:
         from vlmexp.hardware import resolve_placement
 
         return resolve_placement(self.cfg.hardware, self.cfg.model)
+
+    def build_engine(self, node: DictConfig | None = None, **loaded):
+        """The engine ``node`` names (default: ``cfg.engine``), given this run when its constructor
+        takes one. ``loaded`` (a fine-tuned ``model`` and ``processor``, a classifier, ...) goes only to
+        engines that hold a model in this process; a remote engine serves its own model."""
+        node = self.cfg.engine if node is None else node
+        cls = get_class(node._target_)
+        kwargs = dict(loaded) if cls.trains_in_process else {}
+        if "run" in inspect.signature(cls.__init__).parameters:
+            kwargs["run"] = self
+        return build(node, partial=True, **kwargs)
 
 
 def build(node, *, partial: bool = False, **kwargs):

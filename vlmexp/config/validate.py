@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.errors import ConfigError
 
-_PATH_KEYS = ("root", "train_root", "val_root", "train_file", "val_file", "test_file", "image_dir")
 _RESERVED = {"_target_", "_recursive_", "_convert_", "_partial_"}
 
 
@@ -52,7 +51,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.limit={data.limit}: must be a positive number of samples (or null for all)")
     if data.frame_stride < 1:
         raise ConfigError(f"data.frame_stride={data.frame_stride}: must be >= 1")
-    for key in _PATH_KEYS:
+    check_target_keys(cfg.task, "task")
+    for key in get_class(cfg.task._target_).path_keys:  # each task declares the data keys it reads
         value = data.get(key)
         if value is not None and not Path(value).expanduser().exists():
             raise ConfigError(f"data.{key}={value}: no such file or folder")
@@ -64,7 +64,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={train.lr}: must be > 0")
     if train.patience < 1:
         raise ConfigError(f"train.patience={train.patience}: must be >= 1")
-    check_target_keys(cfg.task, "task")
     check_target_keys(cfg.engine, "engine")
     check_target_keys(cfg.logger, "logger")
     task_modes = get_class(cfg.task._target_).modes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 from vlmexp.errors import EngineError
 from vlmexp.messages import ChatRequest, Generation
@@ -16,8 +17,12 @@ class Engine(ABC):
     supports_scoring: bool = False
     #: Whether video inputs go to the model natively (else callers send frames as images).
     supports_video: bool = False
-    #: Whether the engine holds the model in this process (so a run can fine-tune it first).
+    #: Whether the engine holds the model in this process (so a run can fine-tune it first); such an
+    #: engine is handed the fine-tuned model (``model``/``processor``) by the run's engine factory.
     trains_in_process: bool = False
+    #: Config keys that change how requests are executed (batching, connections, retries), never what
+    #: the model answers: left out of the run's fingerprint, so changing them reuses finished predictions.
+    execution_keys: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     @abstractmethod
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:

@@ -44,11 +44,12 @@ class OllamaEngine(RemoteEngine):
     config's ``ollama_tag``. ``pull``: pull a missing tag instead of stopping. Sampling options go
     in each request's ``options``; ``num_predict`` caps the task's own answer length."""
 
+    execution_keys = RemoteEngine.execution_keys | {"host", "pull", "keep_alive"}
+
     def __init__(self, host: str | None = None, model_tag: str | None = None, pull: bool = False,
                  concurrency: int = 1, timeout_s: float = 180.0, max_retries: int = 3, backoff_s: float = 1.0,
                  max_consecutive_failures: int = 3, temperature: float = 0.0, num_ctx: int | None = 8192,
-                 num_predict: int | None = 256, keep_alive: str | float | None = "5m", *, run=None,
-                 model=None, processor=None):
+                 num_predict: int | None = 256, keep_alive: str | float | None = "5m", *, run=None):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
         import httpx
         import ollama

@@ -52,10 +52,12 @@ class OpenAIEngine(RemoteEngine):
     """``model_name``: else the model config's ``hf_id`` (the name ``vllm serve`` gives the model).
     ``api_key_env``: the name of the environment variable that holds the key."""
 
+    execution_keys = RemoteEngine.execution_keys | {"base_url", "api_key_env"}
+
     def __init__(self, base_url: str = "http://localhost:8000/v1", model_name: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 4, timeout_s: float = 180.0,
                  max_retries: int = 3, backoff_s: float = 1.0, max_consecutive_failures: int = 3,
-                 temperature: float = 0.0, max_tokens: int | None = 256, *, run=None, model=None, processor=None):
+                 temperature: float = 0.0, max_tokens: int | None = 256, *, run=None):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
         import openai
 

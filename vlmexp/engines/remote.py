@@ -91,6 +91,8 @@ class RemoteEngine(Engine):
 
     #: How the server is named in messages ("the Ollama server at http://...").
     server: str = "the server"
+    execution_keys = Engine.execution_keys | {"concurrency", "timeout_s", "max_retries", "backoff_s",
+                                              "max_consecutive_failures"}
 
     def __init__(self, concurrency: int = 1, timeout_s: float = 180.0, max_retries: int = 3,
                  backoff_s: float = 1.0, max_consecutive_failures: int = 3):

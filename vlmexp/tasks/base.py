@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmexp.errors import ConfigError
-
 
 @dataclass
 class TrainingExample:
@@ -31,8 +29,13 @@ class Splits:
 
 
 class Task(ABC):
+    """A task: its data, how it asks the model, and how it scores the answers. A task that can be
+    trained also provides what its trainer needs (``vlmexp.trainers.protocols``)."""
+
     #: Modes this task can run; the runner refuses others with one clear line.
     modes: tuple[str, ...] = ("train", "eval", "train_eval")
+    #: ``data.<key>`` entries this task reads as files or folders; each is checked to exist up front.
+    path_keys: tuple[str, ...] = ()
 
     def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None):
         self.name = name
@@ -45,20 +48,14 @@ class Task(ABC):
     def load_splits(self, run) -> Splits:
         """The samples of each split the current mode needs (each with a unique ``id``)."""
 
-    def training_examples(self, samples: Sequence) -> list[TrainingExample]:
-        raise ConfigError(f"task={self.name} has no supervised training; use mode=eval")
-
     # -- evaluation -----------------------------------------------------------------------------
     def evaluation_engine(self, run, trained=None):
         """The engine evaluation runs on: the configured one (``cfg.engine``), holding the fine-tuned
         model when ``trained`` (the trainer's result) is given. A task whose trainer produces
-        something other than a generative model overrides this."""
-        from hydra.utils import instantiate
-
-        build = instantiate(run.cfg.engine, _partial_=True)
+        something other than a generative model overrides this (through ``run.build_engine``)."""
         if trained is None:
-            return build(run=run)
-        return build(run=run, model=trained.model, processor=trained.processor)
+            return run.build_engine()
+        return run.build_engine(model=trained.model, processor=trained.processor)
 
     @abstractmethod
     def predict(self, engine, samples: Sequence) -> list[dict]:

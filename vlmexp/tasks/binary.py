@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class BinaryTask(Task):
+    path_keys = ("train_file", "val_file", "test_file")
+
     def __init__(self, name: str = "binary", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
                  class_names: Sequence[str] = ("0", "1"), head=None, checkpoint: str | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, classifier_engine=None):
         super().__init__(name, default_mode, trainer, evaluator)
+        # The engine that serves a trained classifier (``_target_``), built by the run's engine factory.
+        self.classifier_engine = classifier_engine or {"_target_": "vlmexp.engines.classifier.ClassifierEngine"}
         self.class_names = [str(c) for c in class_names]
         self.head_values = head
         self.checkpoint = str(Path(checkpoint).expanduser()) if checkpoint else None
@@ -106,18 +110,19 @@ class BinaryTask(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluation_engine(self, run, trained=None):
-        from vlmexp.engines.classifier import ClassifierEngine
+        from omegaconf import OmegaConf
 
+        node = OmegaConf.create(dict(self.classifier_engine, batch_size=self.batch_size))
         if trained is not None:
             if self.checkpoint:
                 log.warning("task.checkpoint=%s is ignored: evaluating the classifier just trained", self.checkpoint)
-            return ClassifierEngine(trained.model, self.batch_size)
+            return run.build_engine(node, classifier=trained.model)
         if self.checkpoint:
             from vlmexp.models.classifier import load_classifier
 
             hw = run.cfg.hardware
-            return ClassifierEngine(load_classifier(self.checkpoint, hw.device, hw.precision, hw.attn_implementation),
-                                    self.batch_size)
+            return run.build_engine(node, classifier=load_classifier(self.checkpoint, hw.device, hw.precision,
+                                                                     hw.attn_implementation))
         from hydra.utils import get_class
 
         if not get_class(run.cfg.engine._target_).supports_scoring:

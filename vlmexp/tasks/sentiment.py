@@ -32,6 +32,8 @@ class SentimentTask(Task):
     """Each video becomes one request (its centre frame, its sampled frames, or a video input);
     the label comes from scoring both labels (``score``) or from parsing a generated answer."""
 
+    path_keys = ("root", "labels_file")
+
     modes = ("eval",)
 
     def __init__(self, name: str = "sentiment", default_mode: str = "eval", trainer=None, evaluator=None, *,

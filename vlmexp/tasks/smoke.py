@@ -24,6 +24,8 @@ VARIANTS = (("clean", ""), ("robust", "_robust"))
 
 
 class SmokeTask(Task):
+    path_keys = ("root", "train_root", "val_root")
+
     def __init__(self, name: str = "smoke", default_mode: str = "eval", trainer=None, evaluator=None, *,
                  system_prompt: str, user_prompt: str, smoke_classes: Sequence[int] = (0,),
                  bad_json: str = "negative", iou_threshold: float = 0.4, max_new_tokens: int = 64,

@@ -29,6 +29,8 @@ _EXACT_MATCH_KEYS = {"val": "exact_match", "test": "test_exact_match"}
 
 
 class VQATask(Task):
+    path_keys = ("train_file", "val_file", "test_file", "image_dir")
+
     def __init__(self, name: str = "vqa", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
                  system_prompt: str | None = None, max_new_tokens: int = 32):
         super().__init__(name, default_mode, trainer, evaluator)

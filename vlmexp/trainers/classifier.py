@@ -26,6 +26,7 @@ from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
 from vlmexp.trainers.modules import count_parameters, freeze_parts, language_linear_names, set_trainable
+from vlmexp.trainers.protocols import ClassifierTask, require
 from vlmexp.trainers.sft import EarlyStopping, TrainResult, optimizer_step
 from vlmexp.trainers.stages import Stage, resolve_stages
 
@@ -66,6 +67,7 @@ class ClassifierTrainer:
 
     # -- entry point ----------------------------------------------------------------------------
     def fit(self, run, task, splits) -> TrainResult:
+        require(task, ClassifierTask, type(self).__name__)
         stages = resolve_stages(run.cfg.train)
         if self.class_weights is not None and (len(self.class_weights) != len(task.class_names)
                                                or min(self.class_weights) <= 0):

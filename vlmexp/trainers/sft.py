@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from vlmexp.errors import ConfigError, VlmexpError
 from vlmexp.models.adapters import ModelParts, model_adapter
 from vlmexp.trainers.modules import count_parameters, freeze_parts, language_linear_names
+from vlmexp.trainers.protocols import EpochMetricsTask, SupervisedTask, require
 from vlmexp.trainers.state import is_peft, load_train_state, restore_best, save_best, save_train_state
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ class SFTTrainer:
         from transformers import get_cosine_schedule_with_warmup
 
         cfg = run.cfg.train
+        require(task, SupervisedTask, type(self).__name__)
         set_seed(run.cfg.seed)
         model, processor, adapter = self.prepare_model(run)
         trainable, total = (model.get_nb_trainable_parameters() if is_peft(model) else count_parameters(model))
@@ -280,13 +281,12 @@ class SFTTrainer:
     @staticmethod
     def _task_metrics(run, task, accelerator, model, processor, samples) -> dict[str, float]:
         """The task's own validation metrics (e.g. exact match of generated answers), if it has any."""
-        hook = getattr(task, "epoch_metrics", None)
         metrics: dict[str, float] = {}
-        if hook is not None and samples and accelerator.is_main_process:
+        if isinstance(task, EpochMetricsTask) and samples and accelerator.is_main_process:
             model.eval()
-            engine = instantiate(run.cfg.engine, _partial_=True)(run=run, model=model, processor=processor)
+            engine = run.build_engine(model=model, processor=processor)
             with accelerator.autocast():
-                metrics = hook(engine, samples)
+                metrics = task.epoch_metrics(engine, samples)
         accelerator.wait_for_everyone()
         return metrics
 
