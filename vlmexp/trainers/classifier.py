@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
-from vlmexp.trainers.modules import count_parameters, freeze_parts, language_linear_names, set_trainable
+from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult
+from vlmexp.trainers.modules import count_parameters, freeze_parts, set_trainable, with_lora
 from vlmexp.trainers.protocols import ClassifierTask, require
-from vlmexp.trainers.sft import EarlyStopping, TrainResult, optimizer_step
 from vlmexp.trainers.stages import Stage, resolve_stages
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ExampleSet:
         return request, self.index[answer]
 
 
-class ClassifierTrainer:
+class ClassifierTrainer(Objective):
     def __init__(self, class_weights: Sequence[float] | None = None, num_workers: int = 0):
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.num_workers = num_workers
@@ -68,77 +68,116 @@ class ClassifierTrainer:
     # -- entry point ----------------------------------------------------------------------------
     def fit(self, run, task, splits) -> TrainResult:
         require(task, ClassifierTask, type(self).__name__)
-        stages = resolve_stages(run.cfg.train)
+        self._stages = resolve_stages(run.cfg.train)
         if self.class_weights is not None and (len(self.class_weights) != len(task.class_names)
                                                or min(self.class_weights) <= 0):
             raise ConfigError(f"task.trainer.class_weights={self.class_weights}: expected "
                               f"{len(task.class_names)} positive numbers, one per class {task.class_names}")
         if not splits.train or not splits.val:
             raise ConfigError("the classifier trainer needs training and validation samples")
-        if run.placement.quantization and any(s.backbone == "full" for s in stages):
+        if run.placement.quantization and any(s.backbone == "full" for s in self._stages):
             raise ConfigError(f"hardware.quantization={run.placement.quantization}: a quantised backbone cannot be "
                               "fine-tuned fully; use a frozen or lora stage")
         checkpoint = run.work_dir / "checkpoint"
-        data = dataset_fingerprint({"train": splits.train, "val": splits.val})
+        self.data_fingerprint = dataset_fingerprint({"train": splits.train, "val": splits.val})
         summary = checkpoint / SUMMARY_FILE
-        if summary.is_file() and json.loads(summary.read_text()).get("data") == data:
+        if summary.is_file() and json.loads(summary.read_text()).get("data") == self.data_fingerprint:
             return self._reuse(run, checkpoint)
-        return self._train(run, task, splits, stages, checkpoint, data)
+        return super().fit(run, task, splits)
 
-    def _train(self, run, task, splits, stages: list[Stage], checkpoint: Path, data: str) -> TrainResult:
-        import torch
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
+    # -- the objective --------------------------------------------------------------------------
+    def setup(self, run, task, splits):
         from vlmexp.models.classifier import Classifier, VLMClassifier, backbone_spec
         from vlmexp.models.loading import resolve_checkpoint
 
-        set_seed(run.cfg.seed)
-        adapter = model_adapter(run.cfg.model)
+        self.adapter = model_adapter(run.cfg.model)
         source = resolve_checkpoint(run.cfg.model)
-        processor = adapter.load_processor(source, run.cfg.model)
-        backbone = adapter.load_model(source, run.cfg.model, run.placement, for_training=True)
-        module = VLMClassifier(backbone, task.head, len(task.class_names))
-        classifier = Classifier(module, processor, task.class_names, backbone_spec(run.cfg.model, source), adapter)
-        train_set = ExampleSet(task.training_examples(splits.train), task.class_names)
-        val_set = ExampleSet(task.training_examples(splits.val), task.class_names)
-        accelerator = Accelerator(mixed_precision=run.placement.mixed_precision, cpu=run.placement.device == "cpu")
-        weights = (torch.tensor(self.class_weights, dtype=torch.float32, device=accelerator.device)
-                   if self.class_weights else None)
-        loop = _Loop(run, accelerator, module, weights)
-        features = None  # pooled features of (train, val), valid while the backbone does not change
-        backbone_changed = False
-        for index, stage in enumerate(stages):
-            if hasattr(module.backbone, "peft_config") and stage.backbone != "lora":
-                module.backbone = module.backbone.merge_and_unload()  # later stages build on the adapted weights
-                backbone_changed = True
-            _configure_backbone(module, stage, adapter)
-            trainable, total = count_parameters(module)
-            run.tracker.log_metrics({"trainable_params": trainable, "total_params": total}, step=index + 1)
-            log.info("stage %d (%s, backbone %s): %s of %s parameters trainable", index + 1, stage.name,
-                     stage.backbone, f"{trainable:,}", f"{total:,}")
-            if stage.backbone == "frozen":
-                if features is None:
-                    features = tuple(self._extract(accelerator, module, classifier, split, stage.train.batch_size)
-                                     for split in (train_set, val_set))
-                train_data, val_data, collate = features[0], features[1], _stack_features
-            else:
-                features = None
-                backbone_changed = backbone_changed or stage.backbone == "full"
-                collate = _RequestCollator(classifier.processor, classifier.adapter)
-                train_data, val_data = train_set, val_set
-            loop.run_stage(index, stage, train_data, val_data, collate, self.num_workers)
-        module.eval()
-        changed = backbone_changed and any(s.backbone != "frozen" for s in stages[:loop.best_stage + 1])
-        classifier.save(checkpoint, backbone_changed=changed)
-        unreadable = len(train_set.unreadable | val_set.unreadable)
-        summary = {"data": data, "best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
-                   "history": loop.history, "trainable_params": trainable, "total_params": total,
+        self.processor = self.adapter.load_processor(source, run.cfg.model)
+        backbone = self.adapter.load_model(source, run.cfg.model, run.placement, for_training=True)
+        self.module = VLMClassifier(backbone, task.head, len(task.class_names))
+        self.classifier = Classifier(self.module, self.processor, task.class_names,
+                                     backbone_spec(run.cfg.model, source), self.adapter)
+        self.train_set = ExampleSet(task.training_examples(splits.train), task.class_names)
+        self.val_set = ExampleSet(task.training_examples(splits.val), task.class_names)
+        self.run, self.weights = run, None
+        self.features = None  # pooled features of (train, val), valid while the backbone does not change
+        self.backbone_changed, self.best_stage, self.stage_index = False, 0, 0
+        return self.module
+
+    def stages(self, run) -> list[Stage]:
+        return self._stages
+
+    def begin_stage(self, index: int, stage: Stage, accelerator) -> StageData:
+        import torch
+
+        module, self.stage_index, self.accelerator = self.module, index, accelerator
+        if self.weights is None and self.class_weights:
+            self.weights = torch.tensor(self.class_weights, dtype=torch.float32, device=accelerator.device)
+        if hasattr(module.backbone, "peft_config") and stage.backbone != "lora":
+            module.backbone = module.backbone.merge_and_unload()  # later stages build on the adapted weights
+            self.backbone_changed = True
+        _configure_backbone(module, stage, self.adapter)
+        self.trainable, self.total = count_parameters(module)
+        self.run.tracker.log_metrics({"trainable_params": self.trainable, "total_params": self.total}, step=index + 1)
+        log.info("stage %d (%s, backbone %s): %s of %s parameters trainable", index + 1, stage.name,
+                 stage.backbone, f"{self.trainable:,}", f"{self.total:,}")
+        self.best = _snapshot(module)  # the best weights so far are the current ones
+        if stage.backbone == "frozen":
+            if self.features is None:
+                self.features = tuple(self._extract(accelerator, module, self.classifier, split,
+                                                    stage.train.batch_size) for split in (self.train_set, self.val_set))
+            return StageData(self.features[0], self.features[1], _stack_features)
+        self.features = None
+        self.backbone_changed = self.backbone_changed or stage.backbone == "full"
+        return StageData(self.train_set, self.val_set, _RequestCollator(self.processor, self.adapter))
+
+    def _loss(self, logits, labels, reduction: str = "mean"):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), labels, weight=self.weights, reduction=reduction)
+
+    def loss(self, model, batch):
+        labels = batch.pop("labels")
+        return self._loss(model(**batch), labels)
+
+    def validation_loss(self, model, data: StageData, accelerator) -> float:
+        """Mean (class-weighted) cross-entropy over the validation samples; every process sees all of them."""
+        import torch
+        from accelerate.utils import send_to_device
+
+        loader = torch.utils.data.DataLoader(data.val, batch_size=self._stages[self.stage_index].train.batch_size,
+                                             shuffle=False, collate_fn=data.collate)
+        self.module.eval()
+        total, weight = 0.0, 0.0
+        with torch.no_grad(), accelerator.autocast():
+            for batch in loader:
+                if not batch:
+                    continue
+                batch = send_to_device(batch, accelerator.device)
+                labels = batch.pop("labels")
+                total += float(self._loss(self.module(**batch), labels, reduction="sum"))
+                weight += float(self.weights[labels].sum()) if self.weights is not None else len(labels)
+        return total / weight if weight else math.inf
+
+    def keep_best(self, accelerator) -> None:
+        self.best, self.best_stage = _snapshot(self.module), self.stage_index
+
+    def restore_best(self) -> None:
+        _restore(self.module, self.best)
+
+    def unreadable(self) -> set[str]:
+        return self.train_set.unreadable | self.val_set.unreadable
+
+    def finish(self, run, progress: Progress, stopper: EarlyStopping) -> TrainResult:
+        self.module.eval()
+        stages, checkpoint = self._stages, run.work_dir / "checkpoint"
+        changed = self.backbone_changed and any(s.backbone != "frozen" for s in stages[:self.best_stage + 1])
+        self.classifier.save(checkpoint, backbone_changed=changed)
+        summary = {"data": self.data_fingerprint, "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
+                   "history": progress.history, "trainable_params": self.trainable, "total_params": self.total,
                    "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
         (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        run.tracker.log_metrics({"best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
-                                 "skipped_corrupt_images": unreadable})
-        return TrainResult(classifier, processor, checkpoint, loop.stopper.best_epoch, loop.history)
+        return TrainResult(self.classifier, self.processor, checkpoint, stopper.best_epoch, progress.history)
 
     def _reuse(self, run, checkpoint: Path) -> TrainResult:
         from vlmexp.models.classifier import load_classifier
@@ -190,22 +229,11 @@ def _configure_backbone(module, stage: Stage, adapter) -> None:
                      projector=train.freeze_projector, language=train.freeze_llm)
     else:
         if not hasattr(module.backbone, "peft_config"):
-            module.backbone = _with_lora(module.backbone, stage.train.lora, adapter)
+            module.backbone = with_lora(module.backbone, adapter.parts(module.backbone), stage.train.lora)
         for name, param in module.backbone.named_parameters():
             param.requires_grad_("lora_" in name)
     if stage.train.gradient_checkpointing and stage.backbone != "frozen":
         unwrap_peft(module.backbone).gradient_checkpointing_enable()
-
-
-def _with_lora(backbone, lora, adapter):
-    from peft import LoraConfig, get_peft_model
-
-    targets = lora.target_modules
-    if targets in (None, "all-linear"):
-        targets = language_linear_names(backbone, adapter.parts(backbone))
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                        target_modules=targets if isinstance(targets, str) else list(targets))
-    return get_peft_model(backbone, config)
 
 
 class _RequestCollator:
@@ -231,94 +259,6 @@ def _stack_features(items) -> dict:
     import torch
 
     return {"features": torch.stack([f for f, _ in items]), "labels": torch.stack([y for _, y in items])}
-
-
-class _Loop:
-    """The epochs of every stage, with one early-stopping state and history across stages."""
-
-    def __init__(self, run, accelerator, module, weights):
-        self.run, self.accelerator, self.module, self.weights = run, accelerator, module, weights
-        self.stopper = EarlyStopping(1)
-        self.history: dict[str, list] = {"train": [], "val": []}
-        self.epoch = 0  # counted across stages
-        self.best_stage = 0
-
-    def _loss(self, logits, labels, reduction: str = "mean"):
-        import torch.nn.functional as F
-
-        return F.cross_entropy(logits.float(), labels, weight=self.weights, reduction=reduction)
-
-    def run_stage(self, index: int, stage: Stage, train_data, val_data, collate, num_workers: int) -> None:
-        import torch
-        from transformers import get_cosine_schedule_with_warmup
-
-        cfg, accelerator, module = stage.train, self.accelerator, self.module
-        accelerator.gradient_accumulation_steps = cfg.grad_accum
-        loader = torch.utils.data.DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(self.run.cfg.seed + index),
-                                             num_workers=num_workers, collate_fn=collate)
-        val_loader = torch.utils.data.DataLoader(val_data, batch_size=cfg.batch_size, shuffle=False,
-                                                 collate_fn=collate)
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-        total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-        model, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
-        self.stopper.patience, self.stopper.bad = cfg.patience, 0
-        best = _snapshot(module)  # the best weights so far are the current ones
-        stage_steps = 0
-        for _ in range(cfg.epochs):
-            if self.stopper.should_stop or (cfg.max_steps and stage_steps >= cfg.max_steps):
-                break
-            self.epoch += 1
-            epoch_losses = []
-            model.train()
-            bar = tqdm(loader, desc=f"{stage.name} epoch {self.epoch}", unit="batch", dynamic_ncols=True)
-            for i, batch in enumerate(bar):
-                if not batch:
-                    continue
-                with accelerator.accumulate(model):
-                    labels = batch.pop("labels")
-                    loss = self._loss(model(**batch), labels)
-                    optimizer_step(accelerator, loss, params, optimizer, scheduler, cfg.max_grad_norm)
-                if accelerator.sync_gradients:
-                    stage_steps += 1
-                    value = float(loss.detach())
-                    epoch_losses.append(value)
-                    self.history["train"].append((self.epoch - 1 + (i + 1) / len(loader), value))
-                    bar.set_postfix(loss=f"{value:.4f}")
-                if cfg.max_steps and stage_steps >= cfg.max_steps:
-                    break
-            val_loss = self._val_loss(val_loader)
-            self.history["val"].append((self.epoch, val_loss))
-            # Per epoch, not per step: a head on cached features takes milliseconds a step.
-            self.run.tracker.log_metrics({"val_loss": val_loss, "lr": scheduler.get_last_lr()[0],
-                                          "train_loss": sum(epoch_losses) / max(len(epoch_losses), 1)},
-                                         step=self.epoch)
-            improved = self.stopper.update(self.epoch, val_loss)
-            log.info("epoch %d (%s): val_loss %.4f%s", self.epoch, stage.name, val_loss, " (best)" if improved else "")
-            if improved:
-                best, self.best_stage = _snapshot(module), index
-        _restore(module, best)
-        accelerator.free_memory()
-
-    def _val_loss(self, loader) -> float:
-        """Mean (class-weighted) cross-entropy over the validation samples; every process sees all of them."""
-        import torch
-        from accelerate.utils import send_to_device
-
-        self.module.eval()
-        total, weight = 0.0, 0.0
-        with torch.no_grad(), self.accelerator.autocast():
-            for batch in loader:
-                if not batch:
-                    continue
-                batch = send_to_device(batch, self.accelerator.device)
-                labels = batch.pop("labels")
-                total += float(self._loss(self.module(**batch), labels, reduction="sum"))
-                weight += float(self.weights[labels].sum()) if self.weights is not None else len(labels)
-        return total / weight if weight else math.inf
 
 
 def _snapshot(module) -> dict:
