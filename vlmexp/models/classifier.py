@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlmexp.atomic import fsync_dir, fsync_tree
 from vlmexp.errors import ConfigError
 from vlmexp.messages import ChatRequest
 from vlmexp.models.classifier_spec import HeadConfig, classification_request
@@ -166,8 +167,10 @@ class Classifier:
         config = {"format": FORMAT_VERSION, "backbone": self.backbone, "backbone_weights": weights,
                   "hidden_size": self.module.hidden_size, "head": head.to_dict(), "class_names": self.class_names}
         (tmp / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        fsync_tree(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        fsync_dir(folder.parent)
         return folder
 
 

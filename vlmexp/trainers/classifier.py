@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vlmexp.atomic import write_text_atomic
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.provenance import dataset_fingerprint
 from vlmexp.trainers.modules import (
@@ -137,7 +138,7 @@ class ClassifierTrainer:
         summary = {"data": data, "best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
                    "history": loop.history, "trainable_params": trainable, "total_params": total,
                    "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
-        (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         run.tracker.log_metrics({"best_epoch": loop.stopper.best_epoch, "best_val_loss": loop.stopper.best,
                                  "skipped_corrupt_images": unreadable})
         return TrainResult(classifier, processor, checkpoint, loop.stopper.best_epoch, loop.history)
