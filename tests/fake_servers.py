@@ -97,13 +97,18 @@ class FakeServer:
     """``models``: names the server has (Ollama tags, OpenAI model ids). ``pullable``: tags
     ``/api/pull`` can fetch. ``capabilities``: what ``/api/show`` reports. ``api_key``: when set, the
     OpenAI routes want ``Authorization: Bearer <api_key>``. ``delay_s``: seconds before each chat
-    answer (a number, or a function of the request)."""
+    answer (a number, or a function of the request). ``digest``: the model digest ``/api/tags``
+    reports (another value: other weights behind the same tag); ``system_fingerprint``: sent in every
+    OpenAI answer when set."""
 
     def __init__(self, responder: Responder = echo, *, models=("tiny:latest",), pullable=(), port: int = 0,
                  capabilities=("completion", "vision"), api_key: str | None = None,
                  delay_s: float | Callable[[ChatRequest], float] = 0.0, faults: dict[int, str] | None = None,
-                 answer_limit: int | None = None):
+                 answer_limit: int | None = None, digest: str = DIGEST,
+                 system_fingerprint: str | None = None):
         self.responder = responder
+        self.digest = digest
+        self.system_fingerprint = system_fingerprint
         self.models = list(models)
         self.pullable = {_full_tag(m) for m in pullable}
         self.capabilities = list(capabilities)
@@ -181,7 +186,7 @@ class FakeServer:
 
     def _tag_entry(self, name: str) -> dict:
         return {"name": name, "model": name, "modified_at": CREATED_AT, "size": 6_000_000_000,
-                "digest": DIGEST, "details": self._details()}
+                "digest": self.digest, "details": self._details()}
 
     @staticmethod
     def _details() -> dict:
@@ -283,7 +288,7 @@ class FakeServer:
             if api == "ollama":
                 _json(h, 200, _ollama_body(model, reply, first, time.perf_counter_ns() - began))
             else:
-                _json(h, 200, _openai_body(model, reply, number))
+                _json(h, 200, _openai_body(model, reply, number, self.system_fingerprint))
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -326,8 +331,8 @@ def _ollama_body(model: str, reply: Reply, first: bool, spent_ns: int) -> dict:
             "eval_count": reply.completion_tokens, "eval_duration": eval_ns}
 
 
-def _openai_body(model: str, reply: Reply, number: int) -> dict:
-    return {"id": f"chatcmpl-{number:032x}", "object": "chat.completion", "created": 1748779200, "model": model,
+def _openai_body(model: str, reply: Reply, number: int, system_fingerprint: str | None = None) -> dict:
+    body = {"id": f"chatcmpl-{number:032x}", "object": "chat.completion", "created": 1748779200, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
                                                  "content": reply.text, "tool_calls": []},
                          "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
@@ -335,6 +340,9 @@ def _openai_body(model: str, reply: Reply, number: int) -> dict:
                       "total_tokens": reply.prompt_tokens + reply.completion_tokens,
                       "completion_tokens": reply.completion_tokens, "prompt_tokens_details": None},
             "prompt_logprobs": None}
+    if system_fingerprint:
+        body["system_fingerprint"] = system_fingerprint
+    return body
 
 
 def _raw(h, status: int, data: bytes, content_type: str) -> None:

@@ -93,7 +93,8 @@ def test_server_gone_mid_run_then_rerun_resumes(cache_dir, tmp_path):
         answered_second = [c for c in second.chats if c["outcome"] == "answered"]
     assert len(answered_second) == len(second.chats) == 3
 
-    work_dir = expand(cache_dir) / "runs" / "smoke" / config_fingerprint(compose_config(args), "eval")
+    fingerprint = config_fingerprint(compose_config(args), "eval")
+    (work_dir,) = (expand(cache_dir) / "runs" / "smoke").glob(f"{fingerprint}-*")
     store = work_dir / "predictions.jsonl"
     records = list(PredictionStore(store).load().values())
     assert len(records) == 8 and all(r["error"] is None for r in records)

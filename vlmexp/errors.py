@@ -17,3 +17,7 @@ class DataError(VlmexpError):
 
 class EngineError(VlmexpError):
     """An engine cannot start or its server went away for good."""
+
+
+class RunLocked(VlmexpError):
+    """Another process is running the same config on the same data and model."""

@@ -49,7 +49,11 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     try:
         build(tmp)
         if not target.exists():
+            from vlmexp.atomic import fsync_dir, fsync_tree
+
+            fsync_tree(tmp)  # the files are on disk before the name says the folder is complete
             tmp.rename(target)
+            fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

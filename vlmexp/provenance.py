@@ -34,7 +34,8 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _sample_record(sample) -> dict:
+def sample_record(sample) -> dict:
+    """A sample's fields (id, labels), its file named by name and size."""
     record = dataclasses.asdict(sample) if dataclasses.is_dataclass(sample) else {"id": sample.id}
     path = getattr(sample, "path", None)
     if path is not None:
@@ -49,7 +50,7 @@ def dataset_fingerprint(splits: dict[str, list | None]) -> str:
     digest = hashlib.sha256()
     for split in sorted(splits):
         for sample in splits[split] or []:
-            digest.update(json.dumps([split, _sample_record(sample)], sort_keys=True, default=str).encode())
+            digest.update(json.dumps([split, sample_record(sample)], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 

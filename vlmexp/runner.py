@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,12 +13,17 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vlmexp.atomic import write_text_atomic
 from vlmexp.config.validate import validate
+from vlmexp.content import HashCache, data_fingerprint
 from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.store import PredictionStore
 from vlmexp.paths import expand
 from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
+from vlmexp.runlock import RunLock
+from vlmexp.startup import check_free_space, check_writable
 from vlmexp.tracking.base import Tracker
+from vlmexp.workdir import prepare_work_dir, run_key
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,12 @@ class RunContext:
 
     cfg: DictConfig
     output_dir: Path  # this job's Hydra run dir (human-facing files)
-    work_dir: Path  # keyed by config fingerprint: predictions and checkpoints, found again on rerun
+    work_dir: Path  # keyed by config, data and model: predictions and checkpoints, found again on rerun
     tracker: Tracker
     fingerprint: str
     checkpoint: str | None = None
     metrics: dict = field(default_factory=dict)
+    model_identity: dict = field(default_factory=dict)  # the model as served, part of work_dir's key
 
     @property
     def mode(self) -> str:
@@ -100,35 +105,61 @@ def flatten(node, prefix: str = "") -> dict[str, object]:
 
 def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | None = None,
         sweep: str | None = None) -> dict[str, float]:
-    """Run one job of the composed config; returns the final metrics."""
+    """Run one job of the composed config; returns the final metrics.
+
+    Everything that can stop a run (config, data, cache dir, disk space, an engine's server and
+    model, another process on the same work dir) is checked before the tracking run opens."""
     validate(cfg)
     mode = cfg.mode.value if hasattr(cfg.mode, "value") else str(cfg.mode)
+    cache_dir = expand(cfg.paths.cache_dir)
+    check_writable(cache_dir)
     fingerprint = config_fingerprint(cfg, mode)
-    work_dir = expand(cfg.paths.cache_dir) / "runs" / cfg.task.name / fingerprint
-    if not cfg.resume and work_dir.exists():
-        log.info("resume=false: starting over (removing %s)", work_dir)
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    output_dir = Path(output_dir or work_dir / "output")
-    output_dir.mkdir(parents=True, exist_ok=True)
-
     task = build(cfg.task, _recursive_=False)
     tracker = build(cfg.logger)
-    ctx = RunContext(cfg, output_dir, work_dir, tracker, fingerprint)
+    runs_dir = cache_dir / "runs" / cfg.task.name
+    ctx = RunContext(cfg, Path(output_dir) if output_dir else runs_dir, runs_dir, tracker, fingerprint)
     seed_everything(cfg.seed)
     splits = task.load_splits(ctx)  # data errors surface before any model is built
-    if "train" in mode or get_class(cfg.engine._target_).trains_in_process:
+    engine_cls = get_class(cfg.engine._target_)
+    if "train" in mode or engine_cls.trains_in_process:
         ctx.placement  # noqa: B018 - device/precision errors surface before the tracking run opens
+    # An engine that holds no model here is built now: a server that is down or lacks the model stops
+    # the run before anything is logged, and the model it serves keys the cache.
+    engine = task.evaluation_engine(ctx) if mode == "eval" and not engine_cls.trains_in_process else None
+    try:
+        identity = engine.model_identity() if engine is not None else engine_cls.identify(ctx)
+        samples = [s for split in (splits.train, splits.val, splits.test) for s in split or []]
+        data = data_fingerprint(cfg.data, samples, HashCache(cache_dir / "content_hashes.json"))
+        work_dir = runs_dir / run_key(fingerprint, data, identity)
+        lock = RunLock(work_dir).acquire()
+        try:
+            inputs = {"config_fingerprint": fingerprint, "data_fingerprint": data, "model_identity": identity}
+            prepare_work_dir(work_dir, inputs, resume=cfg.resume)
+            if "train" in mode:
+                check_free_space(work_dir, cfg.paths.min_free_gb)
+            ctx.work_dir, ctx.model_identity = work_dir, identity
+            ctx.output_dir = Path(output_dir or work_dir / "output")
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            return _tracked(ctx, task, splits, mode, engine, inputs, overrides, sweep)
+        finally:
+            lock.release()
+    except BaseException:
+        if engine is not None:
+            engine.close()  # evaluation closes it too; closing twice is harmless
+        raise
 
+
+def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, overrides, sweep) -> dict[str, float]:
+    tracker, work_dir = ctx.tracker, ctx.work_dir
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    run_name = f"{task.name}-{cfg.model.name}-{cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
+    run_name = f"{task.name}-{ctx.cfg.model.name}-{ctx.cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
     run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep)
     if run_id:
-        run_id_file.write_text(run_id)
+        write_text_atomic(run_id_file, run_id)
     try:
-        _log_run_inputs(ctx, splits, overrides)
-        metrics = _execute(ctx, task, splits, mode)
+        _log_run_inputs(ctx, splits, overrides, inputs)
+        metrics = _execute(ctx, task, splits, mode, engine)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
@@ -139,14 +170,16 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     return metrics
 
 
-def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None) -> None:
+def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker.log_params(flatten(resolved))
     tags = {"vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
             "vlmexp.dataset_fingerprint": dataset_fingerprint(
                 {"train": splits.train, "val": splits.val, "test": splits.test}),
+            "vlmexp.data_fingerprint": inputs["data_fingerprint"], "vlmexp.work_dir": str(ctx.work_dir),
             "vlmexp.mode": ctx.mode, "vlmexp.task": cfg.task.name, "vlmexp.model": cfg.model.name}
+    tags.update({f"vlmexp.model_identity.{k}": v for k, v in inputs["model_identity"].items()})
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     tracker.set_tags(tags)
     config_file = ctx.output_dir / "resolved_config.yaml"
@@ -159,9 +192,8 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None) -> Non
         tracker.log_metrics({k: float(v) for k, v in splits.skipped.items()})
 
 
-def _execute(ctx: RunContext, task, splits, mode: str) -> dict[str, float]:
+def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    engine = None
     if "train" in mode:
         trainer = build(task.trainer)
         result = trainer.fit(ctx, task, splits)
@@ -196,9 +228,14 @@ def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
     began = time.perf_counter()
     try:
         records = loop.run(task, engine, samples, store, desc=f"evaluate {task.name}")
+        identity = engine.model_identity()
     finally:
         engine.close()
     elapsed = time.perf_counter() - began
+    tags = {"vlmexp.reused_predictions": str(getattr(loop, "reused", 0))}
+    # What only the evaluation revealed (an OpenAI server's system_fingerprint).
+    tags.update({f"vlmexp.model_identity.{k}": v for k, v in identity.items() if k not in ctx.model_identity})
+    ctx.tracker.set_tags(tags)
     metrics = task.compute_metrics(records)
     metrics.update(engine.run_metrics())
     metrics["eval_wall_s"] = elapsed

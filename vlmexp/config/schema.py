@@ -111,6 +111,8 @@ class PathsConfig:
     cache_dir: str = "~/.cache/vlmexp"
     # Crash-safe prediction files, keyed by config fingerprint (not by Hydra's timestamped dir).
     predictions_dir: str = "${paths.cache_dir}/predictions"
+    # Free space (GiB) in the cache dir a training run needs before it starts (checkpoints).
+    min_free_gb: float = 1.0
 
 
 @dataclass

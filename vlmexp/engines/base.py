@@ -36,6 +36,17 @@ class Engine(ABC):
     def preferred_batch_size(self) -> int:
         return 1
 
+    @classmethod
+    def identify(cls, run) -> dict[str, str]:
+        """The identity of the model this engine would serve for ``run``, found without building the
+        engine (the runner asks before the tracking run opens); empty when unknown."""
+        return {}
+
+    def model_identity(self) -> dict[str, str]:
+        """The model as served: what changes when other weights stand behind the same name (a Hub
+        commit, a checkpoint's hash, a server's model digest). Part of the key of cached predictions."""
+        return {}
+
     def run_metrics(self) -> dict[str, float]:
         """Engine-level totals for the run (token counts, throughput), logged beside the task's."""
         return {}

@@ -158,6 +158,24 @@ class HFEngine(Engine):
     def preferred_batch_size(self) -> int:
         return self.batch_size
 
+    @classmethod
+    def identify(cls, run) -> dict[str, str]:
+        """The checkpoint's Hub commit or file hash (see :func:`vlmexp.models.identity.checkpoint_identity`)."""
+        from vlmexp.models.identity import checkpoint_identity
+        from vlmexp.models.loading import resolve_checkpoint
+
+        model_cfg = run.cfg.model
+        return checkpoint_identity(run.checkpoint or resolve_checkpoint(model_cfg), model_cfg.get("revision"))
+
+    def model_identity(self) -> dict[str, str]:
+        if self.run is None:
+            return {}
+        from vlmexp.models.identity import checkpoint_identity
+        from vlmexp.models.loading import resolve_checkpoint
+
+        return checkpoint_identity(self.run.checkpoint or resolve_checkpoint(self.model_cfg),
+                                   self.model_cfg.get("revision"))
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         return self._in_batches(requests, 1, self._generate_chunk)
 

@@ -39,6 +39,18 @@ def _why(exc: BaseException, timeout_s: float) -> str:
     return connection_problem(exc)
 
 
+def _full_tag(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
+def _digest(listed, tag: str) -> str:
+    """The digest ``GET /api/tags`` reports for ``tag``; 'unknown' when it does not list it."""
+    for model in getattr(listed, "models", None) or []:
+        if _full_tag(model.model or "") == _full_tag(tag) and model.digest:
+            return model.digest
+    return "unknown"
+
+
 class OllamaEngine(RemoteEngine):
     """``host``: else ``$OLLAMA_HOST``, else http://localhost:11434. ``model_tag``: else the model
     config's ``ollama_tag``. ``pull``: pull a missing tag instead of stopping. Sampling options go
@@ -81,7 +93,7 @@ class OllamaEngine(RemoteEngine):
         tag = self.model_tag
         try:
             try:
-                probe.list()
+                listed = probe.list()
             except (ollama.ResponseError, ValueError) as exc:
                 raise EngineError(f"{self.host}{origin} does not answer like an Ollama server "
                                   f"(GET /api/tags: {exc})") from None
@@ -95,6 +107,7 @@ class OllamaEngine(RemoteEngine):
                                       "there (or set engine.pull=true)") from None
                 self._pull(ollama.Client(self.host, timeout=httpx.Timeout(None, connect=STARTUP_TIMEOUT_S)))
                 info = probe.show(tag)
+                listed = probe.list()
             except ValueError as exc:
                 raise EngineError(f"{self.server}: malformed answer to POST /api/show for {tag}: "
                                   f"{str(exc).splitlines()[0]}") from None
@@ -104,7 +117,12 @@ class OllamaEngine(RemoteEngine):
                               "(or engine.host) to a running one") from None
         finally:
             probe.close()
+        self.digest = _digest(listed, tag)
         return list(info.capabilities or [])
+
+    def model_identity(self) -> dict[str, str]:
+        """The tag and the digest of the weights the server holds under it (``GET /api/tags``)."""
+        return {"model": self.model_tag, "digest": self.digest}
 
     def _pull(self, client) -> None:
         import ollama

@@ -72,6 +72,7 @@ class OpenAIEngine(RemoteEngine):
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
             log.info("no API key in $%s: sending none (fine for servers started without one)", api_key_env)
+        self.system_fingerprint: str | None = None  # from the first answer that carries one
         self.client = openai.OpenAI(base_url=base_url, api_key=key or NO_KEY, timeout=self.timeout_s, max_retries=0)
         self._check_server()
         log.info("engine: %s, model %s, %d request(s) in flight", self.server, self.model_name, self.concurrency)
@@ -101,6 +102,13 @@ class OpenAIEngine(RemoteEngine):
         if self.model_name not in served:
             raise EngineError(f"{self.server} does not serve the model {self.model_name} (it serves: "
                               f"{', '.join(served) or 'nothing'}); set engine.model_name to one of them")
+
+    def model_identity(self) -> dict[str, str]:
+        """The server and the model id it serves, and its ``system_fingerprint`` once an answer sent one."""
+        identity = {"base_url": self.base_url.rstrip("/"), "model": self.model_name}
+        if self.system_fingerprint:
+            identity["system_fingerprint"] = self.system_fingerprint
+        return identity
 
     # -- requests -------------------------------------------------------------------------------
     def messages(self, request: ChatRequest) -> list[dict]:
@@ -147,6 +155,9 @@ class OpenAIEngine(RemoteEngine):
         if not isinstance(content, str):
             raise RequestFailed(f"malformed response: no message content in {str(completion)[:200]!r}")
         usage = getattr(completion, "usage", None)
+        fingerprint = getattr(completion, "system_fingerprint", None)
+        if fingerprint and self.system_fingerprint is None:
+            self.system_fingerprint = str(fingerprint)
         return Answer(text=content, prompt_tokens=getattr(usage, "prompt_tokens", None),
                       completion_tokens=getattr(usage, "completion_tokens", None))
 

@@ -22,12 +22,16 @@ class PredictionLoop:
 
     def __init__(self, batch_size: int | None = None):
         self.batch_size = batch_size
+        self.reused = 0  # predictions of the last run() taken from the store instead of the engine
 
     def run(self, task, engine, samples: Sequence, store: PredictionStore, desc: str = "evaluate") -> list[dict]:
         done = store.load()
         todo = [s for s in samples if s.id not in done or done[s.id].get("error")]
-        if done and todo:
-            log.info("%s: resuming, %d of %d samples already done", desc, len(samples) - len(todo), len(samples))
+        self.reused = len(samples) - len(todo)
+        if self.reused:
+            resuming = f"resuming, {self.reused} of {len(samples)} samples already done: " if todo else ""
+            log.info("%s: %sreusing %d of %d predictions from %s", desc, resuming, self.reused, len(samples),
+                     store.path)
         with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
                   dynamic_ncols=True) as bar:
             start = 0

@@ -16,15 +16,14 @@ class PredictionStore:
         self.path = Path(path)
 
     def load(self) -> dict[str, dict]:
-        """Records by sample id. A last line cut short by a crash is ignored (it is redone)."""
+        """Records by sample id. A line cut short by a crash is ignored (it is redone)."""
         records: dict[str, dict] = {}
         if not self.path.is_file():
             return records
-        with self.path.open(encoding="utf-8") as fh:
+        with self.path.open("rb") as fh:
             for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                record = _parse(line)
+                if record is None:
                     log.warning("%s: ignoring a partly written line (interrupted run)", self.path)
                     continue
                 records[record["id"]] = record
@@ -32,11 +31,56 @@ class PredictionStore:
 
     def append(self, records: Iterable[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.repair_tail()
         with self.path.open("a", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def repair_tail(self) -> None:
+        """Make the file end with a whole line, so the next record does not land on a torn one: a last
+        line cut short by a kill is cut off; one that lost only its newline gets it back."""
+        if not self.path.is_file():
+            return
+        with self.path.open("r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return
+            start = _last_line_start(fh, end)
+            fh.seek(start)
+            tail = fh.read()
+            if _parse(tail) is not None:
+                fh.write(b"\n")
+            else:
+                log.warning("%s: cutting off a partly written last line (interrupted run)", self.path)
+                fh.truncate(start)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and "id" in record else None
+
+
+def _last_line_start(fh, end: int, chunk: int = 64 * 1024) -> int:
+    """Offset just past the last newline before ``end`` (0 when there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(chunk, pos)
+        fh.seek(pos - step)
+        found = fh.read(step).rfind(b"\n")
+        if found >= 0:
+            return pos - step + found + 1
+        pos -= step
+    return 0
 
 
 def _jsonable(value):

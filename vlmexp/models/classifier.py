@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlmexp.atomic import fsync_dir, fsync_tree
 from vlmexp.errors import ConfigError
 from vlmexp.messages import ChatRequest
 from vlmexp.models.adapters import ModelAdapter, model_adapter
@@ -160,8 +161,10 @@ class Classifier:
         config = {"format": FORMAT_VERSION, "backbone": self.backbone, "backbone_weights": weights,
                   "hidden_size": self.module.hidden_size, "head": head.to_dict(), "class_names": self.class_names}
         (tmp / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        fsync_tree(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        fsync_dir(folder.parent)
         return folder
 
 

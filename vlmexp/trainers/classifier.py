@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vlmexp.atomic import write_text_atomic
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
@@ -176,7 +177,7 @@ class ClassifierTrainer(Objective):
         summary = {"data": self.data_fingerprint, "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
                    "history": progress.history, "trainable_params": self.trainable, "total_params": self.total,
                    "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
-        (checkpoint / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         return TrainResult(self.classifier, self.processor, checkpoint, stopper.best_epoch, progress.history)
 
     def _reuse(self, run, checkpoint: Path) -> TrainResult:

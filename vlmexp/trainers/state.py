@@ -14,19 +14,34 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from vlmexp.atomic import fsync_dir, fsync_tree, write_text_atomic
 from vlmexp.errors import VlmexpError
 
 
 def _swap_in(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a new version of ``target`` beside it, sync it, then swap it in with two renames. A kill
+    at any step leaves a complete version: ``target``, or ``target.old`` between the renames."""
     tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not target.exists() and old.is_dir():
+        _rename(old, target)  # a kill came between the renames last time: the old version is the current one
+    _remove(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
-    shutil.rmtree(old, ignore_errors=True)
+    fsync_tree(tmp)
+    _remove(old)
     if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+        _rename(target, old)
+    _rename(tmp, target)
+    fsync_dir(target.parent)
+    _remove(old)
+
+
+def _rename(source: Path, dest: Path) -> None:
+    source.rename(dest)
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _existing(target: Path) -> Path | None:
@@ -105,7 +120,7 @@ def save_train_state(state_dir: Path, model, optimizer, scheduler, generator, pr
         save_file(tensors, folder / "trainable.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_states(generator)}, folder / "optimizer.pt")
-        (folder / "progress.json").write_text(json.dumps(progress))
+        write_text_atomic(folder / "progress.json", json.dumps(progress))
 
     _swap_in(state_dir, write)
 

@@ -1,0 +1,163 @@
+"""Files a rerun reads survive a kill at any point: the predictions store cut at every byte of its
+last record, atomic file writes, and the checkpoint folder swap killed at every step."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from tests.helpers import ScriptedEngine
+from vlmexp.atomic import write_text_atomic
+from vlmexp.evaluation.loop import PredictionLoop
+from vlmexp.evaluation.store import PredictionStore
+from vlmexp.messages import ChatRequest, TextPart, chat
+from vlmexp.paths import build_once
+from vlmexp.trainers import state
+
+
+@dataclass
+class Item:
+    id: str
+
+
+class EchoTask:
+    """The least a task needs for the loop: one record per sample, answered by the engine."""
+
+    def predict(self, engine, samples):
+        requests = [ChatRequest(chat(None, TextPart(f"q-{s.id}"))) for s in samples]
+        return [{"id": s.id, "text": g.text, "note": "naïve café ☕", "error": None}
+                for s, g in zip(samples, engine.generate(requests))]
+
+
+SAMPLES = [Item("a"), Item("b"), Item("c")]
+
+
+def full_store(path) -> bytes:
+    store = PredictionStore(path)
+    store.append(EchoTask().predict(ScriptedEngine(default="yes"), SAMPLES[:2]))
+    return path.read_bytes()
+
+
+def test_a_torn_last_record_is_redone_at_every_byte_offset(tmp_path):
+    whole = full_store(tmp_path / "whole.jsonl")
+    last_start = whole.rindex(b"\n", 0, len(whole) - 1) + 1
+    for cut in range(last_start, len(whole) + 1):
+        path = tmp_path / f"cut-{cut}.jsonl"
+        path.write_bytes(whole[:cut])
+        engine = ScriptedEngine(default="yes")
+        records = PredictionLoop(batch_size=2).run(EchoTask(), engine, SAMPLES, PredictionStore(path))
+        assert [r["id"] for r in records] == ["a", "b", "c"], cut
+        lines = path.read_bytes().splitlines()
+        ids = [json.loads(line)["id"] for line in lines]
+        assert sorted(ids) == ["a", "b", "c"], (cut, ids)  # every record exactly once, none glued
+        asked = [r.messages[-1].text for r in engine.calls]
+        assert asked == (["q-c"] if cut >= len(whole) - 1 else ["q-b", "q-c"]), cut
+
+
+def test_the_repair_keeps_every_complete_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    whole = full_store(path)
+    path.write_bytes(whole + b'{"id": "c", "te')
+    PredictionStore(path).repair_tail()
+    assert path.read_bytes() == whole
+    path.write_bytes(whole[:-1])  # only the newline was lost: the record is whole
+    PredictionStore(path).repair_tail()
+    assert path.read_bytes() == whole
+    path.write_bytes(b'{"id": "a"')  # a single torn line
+    PredictionStore(path).repair_tail()
+    assert path.read_bytes() == b""
+
+
+def test_an_atomic_write_leaves_the_old_content_when_it_fails(tmp_path, monkeypatch):
+    target = tmp_path / "work" / "mlflow_run_id"
+    write_text_atomic(target, "old")
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["mlflow_run_id"]  # no temporary file left
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+
+
+class Killed(BaseException):
+    pass
+
+
+def _swap_steps(monkeypatch, kill_at: int | None) -> list[str]:
+    """Counts the swap's steps (writing, renaming, removing); raises Killed at step ``kill_at``."""
+    steps: list[str] = []
+
+    def step(name, real):
+        def wrapped(*args):
+            steps.append(name)
+            if kill_at is not None and len(steps) - 1 == kill_at:
+                raise Killed
+            return real(*args)
+        return wrapped
+
+    monkeypatch.setattr(state, "_rename", step("rename", state._rename))
+    monkeypatch.setattr(state, "_remove", step("remove", state._remove))
+    monkeypatch.setattr(state, "fsync_tree", step("fsync", state.fsync_tree))
+    return steps
+
+
+def _writer(version: str):
+    def write(folder):
+        (folder / "weights.bin").write_text(version * 100)
+        (folder / "progress.json").write_text(json.dumps({"version": version}))
+    return write
+
+
+def _current(target) -> str:
+    folder = state._existing(target)
+    assert folder is not None and (folder / "progress.json").is_file()
+    version = json.loads((folder / "progress.json").read_text())["version"]
+    assert (folder / "weights.bin").read_text() == version * 100  # complete, not mixed
+    return version
+
+
+def test_the_checkpoint_swap_survives_a_kill_at_every_step_even_twice(tmp_path, monkeypatch):
+    steps = _swap_steps(monkeypatch, None)
+    state._swap_in(tmp_path / "probe", _writer("v0"))
+    state._swap_in(tmp_path / "probe", _writer("v1"))
+    monkeypatch.undo()
+    count = len(steps)
+    assert count >= 5
+    for first in range(count):
+        for second in range(count):
+            target = tmp_path / f"state-{first}-{second}"
+            state._swap_in(target, _writer("v1"))
+            for kill_at, version in ((first, "v2"), (second, "v3")):
+                _swap_steps(monkeypatch, kill_at)
+                with contextlib.suppress(Killed):  # a swap with fewer steps than kill_at completes
+                    state._swap_in(target, _writer(version))
+                monkeypatch.undo()
+                assert _current(target) in {"v1", "v2", "v3"}, (first, second)
+            state._swap_in(target, _writer("v4"))
+            assert _current(target) == "v4"
+            assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(target.name)) == [target.name]
+
+
+def test_build_once_syncs_before_it_names_the_folder(tmp_path, monkeypatch):
+    import vlmexp.atomic
+
+    synced = []
+    real = vlmexp.atomic.fsync_tree
+    monkeypatch.setattr(vlmexp.atomic, "fsync_tree", lambda folder: (synced.append(folder), real(folder)))
+
+    def build(folder):
+        (folder / "data.txt").write_text("x")
+
+    target = build_once(tmp_path / "built", build)
+    assert (target / "data.txt").read_text() == "x"
+    assert len(synced) == 1 and synced[0] != target
