@@ -64,9 +64,10 @@ def test_start_up_errors_are_one_line(case, server, cache_dir, tmp_path):
     assert_one_line_error(result, expected)
 
 
-def test_server_gone_mid_run_then_rerun_resumes(cache_dir, tmp_path):
+def test_server_gone_mid_run_then_rerun_resumes(tmp_path):
     """The server answers 5 requests and goes away: the run stops with one line and keeps those 5;
     the rerun against the server back on the same port sends exactly the other 3."""
+    cache_dir = tmp_path / "cache"  # its own, so the one work dir of this config is the one it finds
     args = eval_args(cache_dir, "engine=ollama", "data.limit=8", "engine.concurrency=2", "engine.max_retries=1",
                      "engine.backoff_s=0.01", "engine.max_consecutive_failures=2")
     first = FakeServer(models=[QWEN_TAG], answer_limit=5)
