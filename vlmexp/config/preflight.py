@@ -26,7 +26,8 @@ def command_line_overrides(argv: list[str]) -> list[str] | None:
             return None
         if arg in _TAKES_VALUE:
             skip = True
-        elif not arg.startswith("-") and not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra")):
+        elif not arg.startswith("-") and (arg.startswith("hydra.searchpath=")  # where extra configs live
+                                          or not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))):
             overrides.append(arg)
     return overrides
 
