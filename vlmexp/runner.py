@@ -193,11 +193,16 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs
 
 
 def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str, float]:
-    metrics: dict[str, float] = {}
+    """Train and/or evaluate. The skip counts come from what was loaded (``splits.skipped``) and from
+    what could not be read, in training (``TrainResult.unreadable``) and in evaluation (``skipped``
+    records), so each task's ``compute_metrics`` depends on its records alone."""
+    metrics: dict[str, float] = {k: float(v) for k, v in (splits.skipped or {}).items()}
+    unreadable: set[str] = set()
     if "train" in mode:
         trainer = build(task.trainer)
         result = trainer.fit(ctx, task, splits)
         ctx.checkpoint = str(result.checkpoint_dir)
+        unreadable = set(result.unreadable)
         _log_training_outputs(ctx, result)
         if mode == "train_eval":
             engine = task.evaluation_engine(ctx, result)
@@ -205,7 +210,7 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
     if mode != "train":
         if engine is None:
             engine = task.evaluation_engine(ctx)
-        metrics.update(_evaluate(ctx, task, engine, splits.test))
+        metrics.update(_evaluate(ctx, task, engine, splits.test, unreadable))
     _print_table(task, metrics)
     return metrics
 
@@ -222,7 +227,7 @@ def _log_training_outputs(ctx: RunContext, result) -> None:
     ctx.tracker.set_tags({"vlmexp.checkpoint_dir": str(result.checkpoint_dir)})
 
 
-def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
+def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: set[str]) -> dict[str, float]:
     store = PredictionStore(ctx.work_dir / "predictions.jsonl")
     loop = build(task.evaluator)
     began = time.perf_counter()
@@ -237,6 +242,9 @@ def _evaluate(ctx: RunContext, task, engine, samples) -> dict[str, float]:
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in identity.items() if k not in ctx.model_identity})
     ctx.tracker.set_tags(tags)
     metrics = task.compute_metrics(records)
+    if "skipped_corrupt_images" in metrics:  # distinct samples unreadable in training or in evaluation
+        skipped = {r["id"] for r in records if r.get("skipped")}
+        metrics["skipped_corrupt_images"] = float(len(skipped | unreadable_in_training))
     metrics.update(engine.run_metrics())
     metrics["eval_wall_s"] = elapsed
     ctx.tracker.log_metrics(metrics)

@@ -38,8 +38,7 @@ class BinaryTask(Task):
         self.checkpoint = str(Path(checkpoint).expanduser()) if checkpoint else None
         self.batch_size = batch_size
         self.head = HeadConfig()
-        self.missing_images = 0
-        self.unreadable: set[str] = set()  # ids of samples whose image could not be decoded, any split
+        self.warned: set[str] = set()  # ids of unreadable images already named in the log
 
     def check_config(self) -> None:
         """Config errors as one line (raised here, not in the constructor, which Hydra wraps)."""
@@ -82,7 +81,6 @@ class BinaryTask(Task):
             else:
                 test = val[:data.limit] if val is not None else reader.read(files["val"], "val", missing,
                                                                                   data.limit)
-        self.missing_images = missing.count
         return Splits(train=train, val=val, test=test, skipped={"skipped_missing_images": missing.count})
 
     def _check_checkpoint_model(self, model_name: str) -> None:
@@ -97,9 +95,9 @@ class BinaryTask(Task):
         try:
             return open_image(sample.path)
         except UnreadableImage:
-            if sample.id not in self.unreadable:
+            if sample.id not in self.warned:
                 log.warning("%s: unreadable image %s; skipping the sample", sample.source, sample.path)
-            self.unreadable.add(sample.id)
+            self.warned.add(sample.id)
             raise
 
     def training_examples(self, samples: Sequence[BinarySample]) -> list[TrainingExample]:
@@ -166,9 +164,8 @@ class BinaryTask(Task):
             metrics["roc_auc"] = float(roc_auc_score(truth, [r["prob"] for r in scored]))
         elif scored:
             log.warning("roc_auc is undefined: the evaluated samples are all of one class")
-        unreadable = self.unreadable | {r["id"] for r in records if r.get("skipped")}
-        metrics.update({"num_samples": float(len(scored)), "skipped_missing_images": float(self.missing_images),
-                        "skipped_corrupt_images": float(len(unreadable))})
+        metrics.update({"num_samples": float(len(scored)),
+                        "skipped_corrupt_images": float(sum(1 for r in records if r.get("skipped")))})
         return metrics
 
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:

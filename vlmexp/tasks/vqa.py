@@ -36,9 +36,6 @@ class VQATask(Task):
         super().__init__(name, default_mode, trainer, evaluator)
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
-        self.missing_images = 0
-        # Ids of samples whose image could not be decoded, in any split, found while training or evaluating.
-        self.corrupt: set[str] = set()
 
     # -- data -----------------------------------------------------------------------------------
     def load_splits(self, run) -> Splits:
@@ -52,26 +49,22 @@ class VQATask(Task):
             raise ConfigError(f"mode={mode} needs data.val_file or data.test_file to evaluate on")
         files = {"train": data.train_file if training else None, "val": data.val_file,
                  "test": data.test_file if evaluating else None}
-        loaded, self.missing_images = {}, 0
+        loaded, missing_images = {}, 0
         for split, path in files.items():
             if path:
                 found = load_vqa_file(path, split, reader, data.image_dir)
                 if not found.samples:
                     raise DataError(f"{path}: no question has an existing image")
-                self.missing_images += found.missing_images
+                missing_images += found.missing_images
                 loaded[split] = found.samples
         evaluated = [s for split in ("val", "test") for s in loaded.get(split, [])[:data.limit]]
         return Splits(train=loaded.get("train"), val=loaded.get("val") if training else None,
                       test=evaluated if evaluating else None,
-                      skipped={"skipped_missing_images": self.missing_images})
+                      skipped={"skipped_missing_images": missing_images})
 
     def open(self, sample: VQASample):
-        """The sample's image; an unreadable one is remembered (counted) and re-raised."""
-        try:
-            return open_image(sample.path)
-        except UnreadableImage:
-            self.corrupt.add(sample.id)
-            raise
+        """The sample's image (UnreadableImage when it cannot be decoded: the caller skips and counts it)."""
+        return open_image(sample.path)
 
     # -- requests -------------------------------------------------------------------------------
     def request(self, image, question: str) -> ChatRequest:
@@ -117,9 +110,7 @@ class VQATask(Task):
             if rows:
                 metrics[key] = _share_correct(rows)
                 metrics[f"{split}_questions"] = float(len(rows))
-        skipped = {r["id"] for r in records if r.get("skipped")}
-        metrics["skipped_missing_images"] = float(self.missing_images)
-        metrics["skipped_corrupt_images"] = float(len(self.corrupt | skipped))
+        metrics["skipped_corrupt_images"] = float(sum(1 for r in records if r.get("skipped")))
         metrics["engine_errors"] = float(sum(1 for r in answered if r.get("error")))
         metrics.update(latency_metrics([r["latency_s"] for r in answered]))
         return metrics

@@ -34,6 +34,7 @@ class TrainResult:
     checkpoint_dir: Path
     best_epoch: int
     history: dict
+    unreadable: set = field(default_factory=set)  # ids of examples whose image could not be read
 
 
 @dataclass
@@ -173,7 +174,9 @@ class TrainingLoop:
                               "image); check the data or lower train.lr")
         run.tracker.log_metrics({"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
                                  "skipped_corrupt_images": len(progress.unreadable)})
-        return objective.finish(run, progress, stopper)
+        result = objective.finish(run, progress, stopper)
+        result.unreadable = set(progress.unreadable)
+        return result
 
     def _run_stage(self, index: int, stage: Stage, data: StageData, module, accelerator, stopper: EarlyStopping,
                    progress: Progress, task, splits) -> None:
