@@ -13,7 +13,7 @@ from vlmexp.config.validate import validate
 from vlmexp.errors import ConfigError
 from vlmexp.paths import conf_dir, experiments_dir
 
-GROUPS = ["model", "task", "engine", "hardware", "logger"]
+GROUPS = ["model", "task", "engine", "hardware", "logger", "trainer"]
 
 
 def options(group: str) -> list[str]:
@@ -71,6 +71,7 @@ def validate_without_paths(cfg):
     (["train.lr=-1"], "train.lr=-1"),
     (["+task.smoke_clases=[1]"], "task.smoke_clases"),
     (["+engine.max_new_token=3"], "engine.max_new_token"),
+    (["trainer=classifier"], "trainer: task.trainer is SFTTrainer, which reads trainer=sft settings"),
 ])
 def test_validate_names_the_bad_key(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(".", r"\.")):
@@ -84,6 +85,7 @@ def test_validate_names_the_bad_key(overrides, needle):
     (["train.lr=fast"], "train.lr"),
     (["mode=evaluate"], "mode"),
     (["+task.smoke_clases=[1]"], "task.smoke_clases"),
+    (["train.stages=[{backbone: full}]"], "train.stages"),  # the SFT trainer has no stages
 ])
 def test_cli_rejects_bad_config_in_seconds(tmp_path, args, needle):
     began = time.perf_counter()

@@ -68,6 +68,8 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
+    """What every trainer on the one training loop reads (``train.*``)."""
+
     epochs: int = 3
     lr: float = 2e-5
     batch_size: int = 2
@@ -83,7 +85,17 @@ class TrainConfig:
     freeze_llm: bool = False
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
-    # Optional multi-stage schedule (binary task); each item overrides keys of this block.
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """``trainer=sft``: supervised fine-tuning, one stage."""
+
+
+@dataclass
+class ClassifierTrainConfig(TrainConfig):
+    """``trainer=classifier``: a classifier head, in stages; each item overrides keys of this block."""
+
     stages: list[Any] = field(default_factory=list)
 
 
@@ -126,7 +138,8 @@ class RunConfig:
     hardware: HardwareConfig = MISSING
     logger: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # Typed by the trainer group option (conf/trainer/: sft, classifier), which each task selects.
+    train: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -135,3 +148,5 @@ def register_configs() -> None:
     cs.store(name="vlmexp_schema", node=RunConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    cs.store(group="trainer", name="sft_schema", node=SFTTrainConfig, package="train")
+    cs.store(group="trainer", name="classifier_schema", node=ClassifierTrainConfig, package="train")

@@ -66,6 +66,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.patience={train.patience}: must be >= 1")
     check_target_keys(cfg.engine, "engine")
     check_target_keys(cfg.logger, "logger")
+    _check_trainer_settings(cfg, mode)
     task_modes = get_class(cfg.task._target_).modes
     if mode not in task_modes:
         raise ConfigError(f"mode={mode}: task={cfg.task.name} supports {', '.join(task_modes)}")
@@ -73,3 +74,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"mode={mode}: training needs engine=hf (engine._target_={cfg.engine._target_} "
                           "only serves a model); use mode=eval")
     OmegaConf.to_container(cfg, resolve=True)  # any broken interpolation fails here, by key
+
+
+def _check_trainer_settings(cfg: DictConfig, mode: str) -> None:
+    """The ``train`` block must be the one the task's trainer reads (the ``trainer=`` group option)."""
+    node = cfg.task.get("trainer")
+    if "train" not in mode or not node or not node.get("_target_"):
+        return
+    check_target_keys(node, "task.trainer")
+    cls = get_class(node._target_)
+    wanted, actual = getattr(cls, "settings", None), OmegaConf.get_type(cfg.train)
+    if wanted is not None and actual is not wanted:
+        raise ConfigError(f"trainer: task.trainer is {cls.__name__}, which reads trainer={cls.settings_option} "
+                          f"settings, not {getattr(actual, '__name__', actual)}; use trainer={cls.settings_option}")

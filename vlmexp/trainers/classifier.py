@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vlmexp.atomic import write_text_atomic
+from vlmexp.config.schema import ClassifierTrainConfig
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
@@ -62,6 +63,9 @@ class ExampleSet:
 
 
 class ClassifierTrainer(Objective):
+    settings = ClassifierTrainConfig
+    settings_option = "classifier"
+
     def __init__(self, class_weights: Sequence[float] | None = None, num_workers: int = 0):
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.num_workers = num_workers

@@ -95,6 +95,9 @@ class Objective(ABC):
 
     #: Whether the loop saves the state after every epoch and resumes from it after a kill.
     resumable: bool = False
+    #: The structured config of ``train.*`` this trainer reads, and the ``trainer=`` option that gives it.
+    settings: type | None = None
+    settings_option: str | None = None
 
     def fit(self, run, task, splits) -> TrainResult:
         return TrainingLoop(run, self).fit(task, splits)

@@ -15,6 +15,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from vlmexp.config.schema import SFTTrainConfig
 from vlmexp.errors import ConfigError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult, optimizer_step
@@ -67,6 +68,8 @@ def check_quantization(train_cfg, device: str) -> None:
 
 class SFTTrainer(Objective):
     resumable = True
+    settings = SFTTrainConfig
+    settings_option = "sft"
 
     def __init__(self, num_workers: int = 0):
         self.num_workers = num_workers

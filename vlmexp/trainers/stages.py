@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlmexp.config.schema import TrainConfig
+from vlmexp.config.schema import ClassifierTrainConfig
 from vlmexp.errors import ConfigError
 
 BACKBONE_MODES = ("frozen", "full", "lora")
@@ -29,7 +29,7 @@ def resolve_stages(train: DictConfig) -> list[Stage]:
     items = list(train.stages or [])
     if not items:
         return [Stage("head", "frozen", train)]
-    known = {f.name for f in fields(TrainConfig)} - {"stages"}
+    known = {f.name for f in fields(ClassifierTrainConfig)} - {"stages"}
     stages = []
     for i, item in enumerate(items):
         key = f"train.stages[{i}]"
