@@ -99,3 +99,20 @@ def request_key(request: ChatRequest) -> str:
     if request.images:
         return image_key(request.images[0])
     return request.messages[-1].text
+
+
+def assert_learned(metrics: dict, thresholds: dict[str, float], seed: int = 42) -> None:
+    """Assert that a training outcome reached each threshold; the failure message carries what is
+    needed to reproduce and compare it: every metric, the seed and the package versions."""
+    import os
+
+    import torch
+
+    from vlmexp.provenance import package_versions
+
+    missed = {key: metrics.get(key) for key, floor in thresholds.items()
+              if not metrics.get(key, float("-inf")) >= floor}
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in sorted(metrics.items())}
+    assert not missed, (
+        f"training outcome below its floor {thresholds}: {missed}; seed {seed}, torch threads "
+        f"{torch.get_num_threads()} of {os.cpu_count()} CPUs, versions {package_versions()}; metrics {shown}")

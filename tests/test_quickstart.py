@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from tests.conftest import compose_config
+from tests.helpers import assert_learned
 from vlmexp.runner import run
 
 
@@ -28,8 +29,8 @@ def quickstart(tmp_path_factory, cache_dir):
 
 def test_reaches_the_quickstart_numbers(quickstart):
     metrics, *_ = quickstart
-    assert metrics["f1"] >= 0.9
-    assert metrics["parse_success_rate"] >= 0.95
+    # bench/quickstart.py --seeds 0-9 (README, Performance) supports these floors with a margin.
+    assert_learned(metrics, {"f1": 0.9, "parse_success_rate": 0.95})
     assert metrics["num_images"] == 80 and metrics["skipped_images"] == 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from vlmexp.paths import build_once, expand
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 def _landscape(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -59,7 +59,8 @@ def write_split(root: Path, rng: np.random.Generator, sequences: int, frames: in
         seq_dir = root / f"seq{s:03d}"
         seq_dir.mkdir(parents=True)
         has_fire = rng.random() < smoke_share
-        ignition = int(rng.integers(1, frames - 1)) if has_fire else frames
+        # Ignition in the first half: with smoke_share 0.8 about half of all frames show smoke.
+        ignition = int(rng.integers(1, frames // 2 + 1)) if has_fire else frames
         base_img = _landscape(rng, width, height)
         cx, base = rng.uniform(0.2, 0.8), rng.uniform(0.55, 0.68)
         stamp = 1465000000 + s * 10000
@@ -76,9 +77,9 @@ def write_split(root: Path, rng: np.random.Generator, sequences: int, frames: in
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(seq_dir / f"{stem}.jpg", quality=92)
 
 
-def generate_smoke_dataset(cache_dir: str, train_sequences: int = 24, test_sequences: int = 10,
-                           val_sequences: int = 4, frames_per_sequence: int = 8, width: int = 160,
-                           height: int = 120, smoke_share: float = 0.7, seed: int = 0) -> dict[str, str]:
+def generate_smoke_dataset(cache_dir: str, train_sequences: int = 32, test_sequences: int = 10,
+                           val_sequences: int = 6, frames_per_sequence: int = 8, width: int = 160,
+                           height: int = 120, smoke_share: float = 0.8, seed: int = 0) -> dict[str, str]:
     """Create (once) train/val/test splits under the cache; return their folders."""
     spec = dict(v=GENERATOR_VERSION, train=train_sequences, val=val_sequences, test=test_sequences,
                 frames=frames_per_sequence, w=width, h=height, share=smoke_share, seed=seed)
