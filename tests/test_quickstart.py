@@ -75,3 +75,17 @@ def test_same_config_gives_the_same_metrics(quickstart, cache_dir, tmp_path):
     again = run(cfg, output_dir=tmp_path)
     for key in ("accuracy", "precision", "recall", "f1", "parse_success_rate", "best_epoch"):
         assert again[key] == metrics[key]
+
+
+TIMED = ("latency", "throughput", "tokens_per_s", "wall_s", "early_fire_score", "latency_score")
+
+
+def test_two_fresh_runs_give_identical_metrics(tmp_path):
+    """The same config in two empty caches (model, data and training built from scratch each time): every
+    metric that does not measure time is identical, to the last bit."""
+    short = ["train.epochs=2", "data.synthetic.train_sequences=4", "data.synthetic.val_sequences=2",
+             "data.synthetic.test_sequences=2", "logger=none"]
+    runs = [run(compose_config([f"paths.cache_dir={tmp_path / name}", *short]), output_dir=tmp_path / f"out-{name}")
+            for name in ("first", "second")]
+    untimed = [{k: v for k, v in m.items() if not any(t in k for t in TIMED)} for m in runs]
+    assert len(untimed[0]) > 10 and untimed[0] == untimed[1]

@@ -56,3 +56,12 @@ def test_image_tokens_follow_the_pixel_budget(tiny_checkpoint):
     # 640x480 scaled into 112*112 pixels, rounded to 28-pixel blocks: 84 x 112 -> 6 x 8 patches -> 12 tokens
     assert inputs["image_grid_thw"].tolist() == [[1, 6, 8]]
     assert int((inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 12
+
+
+def test_building_the_tiny_model_leaves_the_callers_random_state_alone(tmp_path):
+    """A run that builds the model must train as one that finds it in the cache."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_checkpoint(str(tmp_path))
+    assert torch.equal(torch.rand(3), expected)

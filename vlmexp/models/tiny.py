@@ -145,8 +145,13 @@ def build_tiny_checkpoint(cache_dir: str = "~/.cache/vlmexp") -> str:
     """Return the folder of the tiny checkpoint, building it on first use (a few seconds)."""
 
     def build(folder: Path) -> None:
-        tokenizer = build_tokenizer()
-        build_processor(tokenizer).save_pretrained(folder)
-        build_model(tokenizer).save_pretrained(folder)
+        import torch
+
+        # The fixed seed is the checkpoint's own: the caller's random state is left as it was, so a run
+        # that builds the model gives the same results as one that finds it in the cache.
+        with torch.random.fork_rng(devices=[]):
+            tokenizer = build_tokenizer()
+            build_processor(tokenizer).save_pretrained(folder)
+            build_model(tokenizer).save_pretrained(folder)
 
     return str(build_once(expand(cache_dir) / "models" / f"tiny-qwen2_5_vl-{checkpoint_key()}", build))
