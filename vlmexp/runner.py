@@ -60,7 +60,8 @@ class RunContext:
         node = self.cfg.engine if node is None else node
         cls = get_class(node._target_)
         kwargs = dict(loaded) if cls.trains_in_process else {}
-        if "run" in inspect.signature(cls.__init__).parameters:
+        params = inspect.signature(cls.__init__).parameters
+        if "run" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             kwargs["run"] = self
         return build(node, partial=True, **kwargs)
 
