@@ -71,6 +71,7 @@ def mlflow_server(tmp_path, _mlflow_template, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     server = MlflowServer(tmp_path / "server", _mlflow_template)
     server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     yield server
     server.kill()
 
@@ -106,6 +107,34 @@ def test_unreachable_server_stops_the_run_at_once_before_any_model(tmp_path):
     assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
     assert elapsed < 15
     assert not (cache / "models").exists() and not (cache / "runs").exists()
+
+
+def test_records_wait_for_a_server_that_comes_back_and_each_step_is_stored_once(tmp_path, mlflow_server):
+    import mlflow
+
+    from vlmexp.tracking.mlflow_tracker import MlflowTracker
+
+    tracker = MlflowTracker(mlflow_server.uri, experiment="faults")
+    tracker.end_grace_s = 120  # this test waits for the server to come back
+    run_id = tracker.start("faults", state_dir=tmp_path)
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    for step in range(1, 6):
+        tracker.log_metrics({"train_loss": 1.0 / step}, step=step)
+    deadline = time.monotonic() + 30
+    while len(client.get_metric_history(run_id, "train_loss")) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mlflow_server.kill()
+    began = time.monotonic()
+    for step in range(4, 201):  # 4 and 5 again: a batch the server stored before its answer was lost
+        tracker.log_metrics({"train_loss": 1.0 / step}, step=step)
+    tracker.set_tags({"after": "outage"})
+    assert time.monotonic() - began < 1  # nothing waits on the server
+    mlflow_server.start()
+    tracker.end("FINISHED")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["after"] == "outage"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, 201))
+    assert not (tmp_path / "mlflow_pending.jsonl").exists()
 
 
 @pytest.mark.slow
