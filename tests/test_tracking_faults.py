@@ -191,7 +191,6 @@ def test_server_killed_mid_training_then_back_logs_each_step_once(tmp_path, cach
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
-@pytest.mark.slow
 def test_a_run_killed_in_its_second_epoch_and_continued_logs_each_step_once(tmp_path, cache_dir, tiny_checkpoint):
     import mlflow
 
