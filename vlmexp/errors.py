@@ -21,3 +21,7 @@ class EngineError(VlmexpError):
 
 class RunLocked(VlmexpError):
     """Another process is running the same config on the same data and model."""
+
+
+class TrackingError(VlmexpError):
+    """The tracking server cannot be reached, or stopped answering before the run's records were sent."""

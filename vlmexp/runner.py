@@ -109,7 +109,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     """Run one job of the composed config; returns the final metrics.
 
     Everything that can stop a run (config, data, cache dir, disk space, an engine's server and
-    model, another process on the same work dir) is checked before the tracking run opens."""
+    model, another process on the same work dir) is checked before the tracking run opens; the
+    tracking store itself is checked first, before any model is built."""
     validate(cfg)
     mode = cfg.mode.value if hasattr(cfg.mode, "value") else str(cfg.mode)
     cache_dir = expand(cfg.paths.cache_dir)
@@ -117,6 +118,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     fingerprint = config_fingerprint(cfg, mode)
     task = build(cfg.task, _recursive_=False)
     tracker = build(cfg.logger)
+    tracker.check()  # an unreachable tracking server stops the run before any model is built
     runs_dir = cache_dir / "runs" / cfg.task.name
     ctx = RunContext(cfg, Path(output_dir) if output_dir else runs_dir, runs_dir, tracker, fingerprint)
     seed_everything(cfg.seed)
@@ -155,7 +157,7 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
     run_name = f"{task.name}-{ctx.cfg.model.name}-{ctx.cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
-    run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep)
+    run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep, state_dir=work_dir)
     if run_id:
         write_text_atomic(run_id_file, run_id)
     try:

@@ -11,7 +11,14 @@ class Tracker:
 
     run_id: str | None = None
 
-    def start(self, run_name: str, *, resume_run_id: str | None = None, sweep: str | None = None) -> str | None:
+    def check(self) -> None:
+        """Fail fast (a :class:`~vlmexp.errors.TrackingError`) when the tracking store cannot be
+        reached; the runner calls it before anything heavy is built."""
+
+    def start(self, run_name: str, *, resume_run_id: str | None = None, sweep: str | None = None,
+              state_dir: Path | None = None) -> str | None:
+        """Open (or continue) the run; ``state_dir`` is the run's work dir, where a tracker may keep
+        what it could not send, for the next run of the same command."""
         return None
 
     def log_params(self, params: dict[str, Any]) -> None: ...

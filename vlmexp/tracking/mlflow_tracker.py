@@ -1,20 +1,38 @@
-"""MLflow tracking: one run per job, artifacts beside the tracking store, sweeps under a parent run."""
+"""MLflow tracking: one run per job, artifacts beside the tracking store, sweeps under a parent run.
+
+Records (params, metrics, tags, artifacts, the run's end) are sent by a background thread, so
+training and evaluation never wait on the tracking store. While it does not answer they are kept and
+retried; what is still unsent when the run ends is saved in the run's work dir and sent by the next
+run of the same command, which continues the same MLflow run. A continued run (or one whose server
+went away for a while) asks the server which steps of a metric it holds and logs each step once.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from vlmexp.atomic import write_text_atomic
+from vlmexp.errors import TrackingError
 from vlmexp.paths import source_root
 from vlmexp.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
-MAX_PARAMS_PER_BATCH = 100
+MAX_PARAMS_PER_BATCH = 100  # and on the params (or tags) of one log_batch call
+MAX_METRICS_PER_BATCH = 1000
+PENDING_FILE = "mlflow_pending.jsonl"  # in the run's work dir: what a run could not send
+PROBE_TRIES, PROBE_TIMEOUT_S = 2, 3.0
+RETRY_MAX_S = 10.0  # the longest pause between two tries while the server does not answer
 
 
 def default_tracking_uri() -> str:
@@ -35,7 +53,42 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return None
 
 
+def _transient(exc: BaseException) -> bool:
+    """A failure that may pass (no answer, a timeout, a server error), unlike a refused record."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, requests.RequestException):
+        return True
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a connection error ('Connection refused'), not urllib3's paragraph."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "no answer in time"
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _unsent(ops: list) -> str:
+    metrics = sum(len(payload) for kind, payload in ops if kind == "metrics")
+    other = sum(1 for kind, _ in ops if kind not in ("metrics", "end"))
+    parts = [f"{metrics} metric values"] if metrics else []
+    parts += [f"{other} other records (params, tags, artifacts)"] if other else []
+    return " and ".join(parts) + " are" if parts else "the run's end is"
+
+
 class MlflowTracker(Tracker):
+    #: How long the end of a run waits for a server that stopped answering before giving up.
+    end_grace_s: float = 10.0
+
     def __init__(self, tracking_uri: str | None = None, experiment: str = "vlmexp"):
         import mlflow
 
@@ -44,41 +97,90 @@ class MlflowTracker(Tracker):
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri()
         self.experiment = experiment
         self.run_id = None
+        self._remote = urlparse(self.tracking_uri).scheme in ("http", "https")
+        if self._remote:  # this tracker retries by itself: one request never waits for minutes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._stopped = False
+        self._down_since: float | None = None  # since when the server has not answered
+        self._error = ""
+        self._doubt = False  # the server may hold metric steps this process does not know of
+        self._known: dict[str, set[int]] = {}  # metric -> the steps the server holds
+        self._state_dir: Path | None = None
+
+    # -- start ----------------------------------------------------------------------------------
+    def check(self) -> None:
+        if not self._remote:
+            return
+        import requests
+
+        reason = ""
+        for attempt in range(PROBE_TRIES):
+            try:
+                requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S)
+                return
+            except requests.RequestException as exc:
+                reason = _reason(exc)
+                if attempt + 1 < PROBE_TRIES:
+                    time.sleep(1)
+        raise TrackingError(f"the MLflow server at {self.tracking_uri} does not answer ({reason}): start it, or "
+                            "point MLFLOW_TRACKING_URI at a store that works (logger=none logs nothing)")
+
+    def start(self, run_name: str, *, resume_run_id: str | None = None, sweep: str | None = None,
+              state_dir: Path | None = None) -> str:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        self._mlflow.set_tracking_uri(self.tracking_uri)
+        self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
+        try:
+            experiment_id = self._experiment_id()
+            resumed = bool(resume_run_id and self._resumable(resume_run_id))
+            if resumed:
+                client.update_run(resume_run_id, status="RUNNING")
+                self.run_id, self._doubt = resume_run_id, True
+                log.info("continuing interrupted MLflow run %s", resume_run_id)
+            else:
+                tags = {"vlmexp.sweep": sweep} if sweep else {}
+                if sweep:
+                    tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id, sweep)
+                run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
+                self.run_id = run.info.run_id
+        except Exception as exc:
+            if _transient(exc):
+                raise TrackingError(f"the MLflow server at {self.tracking_uri} stopped answering "
+                                    f"({_reason(exc)})") from None
+            raise
+        self._state_dir = state_dir
+        self._load_pending(resumed)
+        self._worker = threading.Thread(target=self._work, name="mlflow-sender", daemon=True)
+        self._worker.start()
+        return self.run_id
 
     def _experiment_id(self) -> str:
-        client = self._mlflow.MlflowClient()
-        found = client.get_experiment_by_name(self.experiment)
+        found = self._client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
         root = artifact_root_for(self.tracking_uri)
         location = f"{root.rstrip('/')}/{self.experiment}" if root else None
-        return client.create_experiment(self.experiment, artifact_location=location)
-
-    def start(self, run_name: str, *, resume_run_id: str | None = None, sweep: str | None = None) -> str:
-        mlflow = self._mlflow
-        mlflow.set_tracking_uri(self.tracking_uri)
-        experiment_id = self._experiment_id()
-        if resume_run_id and self._resumable(resume_run_id):
-            run = mlflow.start_run(run_id=resume_run_id)
-            log.info("continuing interrupted MLflow run %s", resume_run_id)
-        else:
-            tags = {"vlmexp.sweep": sweep} if sweep else {}
-            if sweep:
-                tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id, sweep)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        return self.run_id
+        return self._client.create_experiment(self.experiment, artifact_location=location)
 
     def _resumable(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
         try:
-            run = self._mlflow.MlflowClient().get_run(run_id)
-        except Exception:
+            run = self._client.get_run(run_id)
+        except MlflowException as exc:
+            if _transient(exc):
+                raise
             return False
         return run.info.status != "FINISHED" and run.info.lifecycle_stage == "active"
 
     def _sweep_parent(self, experiment_id: str, sweep: str) -> str:
         """The parent run grouping a multirun's jobs: found by tag, created by the first job."""
-        client = self._mlflow.MlflowClient()
+        client = self._client
         existing = client.search_runs([experiment_id], filter_string=f"tags.`vlmexp.sweep_parent` = '{sweep}'",
                                       max_results=1)
         if existing:
@@ -88,29 +190,165 @@ class MlflowTracker(Tracker):
         client.set_terminated(parent.info.run_id, "FINISHED")
         return parent.info.run_id
 
+    # -- records: queued here, sent by the worker -----------------------------------------------
+    def _put(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._queue.append((kind, payload))
+            self._cond.notify_all()
+
     def log_params(self, params: dict[str, Any]) -> None:
-        clean = {k[:250]: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
-        existing = self._mlflow.get_run(self.run_id).data.params
-        clean = {k: v for k, v in clean.items() if k not in existing}  # a resumed run keeps its params
-        items = list(clean.items())
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_BATCH]))
+        self._put("params", {k[:250]: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if v is not None}
-        if finite:
-            self._mlflow.log_metrics(finite, step=step)
+        now = int(time.time() * 1000)
+        points = [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
+        if points:
+            self._put("metrics", points)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._put("tags", {k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        elif path.is_file():
-            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._put("artifact", [str(Path(path).resolve()), artifact_path])
 
     def end(self, status: str = "FINISHED") -> None:
-        if self._mlflow.active_run() is not None:
-            self._mlflow.end_run(status=status)
+        """Send what is queued and the run's status. When the server stopped answering, what is left
+        is saved for the next run of the command: a finished run then fails with one line saying so
+        (a failed or interrupted one only warns, so that its own error is the one reported)."""
+        if self._worker is None:
+            return
+        self._put("end", status)
+        with self._cond:
+            while self._queue and not (self._down_since and time.monotonic() - self._down_since > self.end_grace_s):
+                self._cond.wait(0.2)
+            self._stopped = True
+            self._cond.notify_all()
+            left = list(self._queue)
+            self._queue.clear()
+        self._worker = None
+        self._save_pending([op for op in left if op[0] != "end"])
+        if not left:
+            return
+        message = (f"the MLflow server at {self.tracking_uri} stopped answering ({self._error}); "
+                   f"{_unsent(left)} not logged. Rerun the same command once it is back: the finished work is "
+                   "reused from the cache and logged")
+        if status == "FINISHED":
+            raise TrackingError(message)
+        log.warning(message)
+
+    def _work(self) -> None:
+        delay = 0.5
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                kind, payload, count = self._head()
+            try:
+                self._send(kind, payload)
+            except Exception as exc:
+                if _transient(exc):
+                    with self._cond:
+                        if self._down_since is None:
+                            log.warning("the MLflow server at %s does not answer (%s); the run goes on and its "
+                                        "records are sent when it is back", self.tracking_uri, _reason(exc))
+                        self._down_since = self._down_since or time.monotonic()
+                        self._error, self._doubt, self._known = _reason(exc), True, {}
+                        self._cond.notify_all()
+                        self._cond.wait(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                log.warning("MLflow refused %s of run %s: %s", kind, self.run_id, _reason(exc))
+            with self._cond:
+                if self._stopped:  # end() gave up meanwhile and saved this record for the next run
+                    return
+                if self._down_since is not None:
+                    log.info("the MLflow server at %s answers again", self.tracking_uri)
+                self._down_since, delay = None, 0.5
+                for _ in range(count):
+                    self._queue.popleft()
+                self._cond.notify_all()
+
+    def _head(self) -> tuple[str, Any, int]:
+        """The next record to send; consecutive metric records go as one batch."""
+        kind, payload = self._queue[0]
+        if kind != "metrics":
+            return kind, payload, 1
+        points, count = [], 0
+        for kind, payload in self._queue:
+            if kind != "metrics" or (points and len(points) + len(payload) > MAX_METRICS_PER_BATCH):
+                break
+            points += payload
+            count += 1
+        return "metrics", points, count
+
+    def _send(self, kind: str, payload: Any) -> None:
+        from mlflow.entities import Param, RunTag
+
+        client, run_id = self._client, self.run_id
+        if kind == "metrics":
+            self._send_metrics(payload)
+        elif kind == "params":
+            existing = client.get_run(run_id).data.params  # a continued run keeps its params
+            items = [Param(k, v) for k, v in payload.items() if k not in existing]
+            for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+        elif kind == "tags":
+            items = [RunTag(k, v) for k, v in payload.items()]
+            for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH])
+        elif kind == "artifact":
+            path, artifact_path = Path(payload[0]), payload[1]
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path)
+            elif path.is_file():
+                client.log_artifact(run_id, str(path), artifact_path)
+        elif kind == "end":
+            client.set_terminated(run_id, payload)
+
+    def _send_metrics(self, points: list) -> None:
+        """One batch; a point at a step the server already holds (sent before a kill or an outage) is
+        not sent again. Points logged without a step (final results) are always sent: the newest wins."""
+        from mlflow.entities import Metric
+
+        if self._doubt:
+            for key in {p[0] for p in points if p[3] is not None} - self._known.keys():
+                self._known[key] = {m.step for m in self._client.get_metric_history(self.run_id, key)}
+        batch = []
+        for key, value, timestamp, step in points:
+            if step is not None and key in self._known:
+                if step in self._known[key]:
+                    continue
+                self._known[key].add(step)
+            batch.append(Metric(key, value, timestamp, step or 0))
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)
+
+    # -- what a run could not send, for the next run of the command -----------------------------
+    def _pending_file(self) -> Path | None:
+        return self._state_dir / PENDING_FILE if self._state_dir is not None else None
+
+    def _save_pending(self, ops: list) -> None:
+        path = self._pending_file()
+        if path is None:
+            return
+        if not ops:
+            path.unlink(missing_ok=True)
+            return
+        lines = [json.dumps({"run_id": self.run_id}), *(json.dumps(op) for op in ops)]
+        write_text_atomic(path, "\n".join(lines) + "\n")
+
+    def _load_pending(self, resumed: bool) -> None:
+        path = self._pending_file()
+        if path is None or not path.is_file():
+            return
+        try:
+            header, *ops = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except ValueError:
+            header, ops = {}, []
+        if resumed and header.get("run_id") == self.run_id:
+            self._queue.extend(tuple(op) for op in ops)  # the file stays until these are sent
+            log.info("sending %d records an earlier run could not log", len(ops))
+        else:
+            path.unlink()
