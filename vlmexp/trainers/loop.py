@@ -95,6 +95,8 @@ class Objective(ABC):
 
     #: Whether the loop saves the state after every epoch and resumes from it after a kill.
     resumable: bool = False
+    #: DataLoader worker processes for the training data.
+    num_workers: int = 0
     #: The structured config of ``train.*`` this trainer reads, and the ``trainer=`` option that gives it.
     settings: type | None = None
     settings_option: str | None = None
@@ -145,12 +147,14 @@ class Objective(ABC):
     def finish(self, run, progress: Progress, stopper: EarlyStopping) -> TrainResult:
         """Save what training produced and describe it."""
 
-    # -- resume (objectives with ``resumable``) -------------------------------------------------
+    # -- resume: called only for objectives with ``resumable`` ----------------------------------
     def save_state(self, run, optimizer, scheduler, generator, progress: dict) -> None:
-        raise NotImplementedError
+        """Write what :meth:`load_state` needs to continue after the epoch just finished."""
+        raise TypeError(f"{type(self).__name__} sets resumable but does not define save_state")
 
     def load_state(self, run, optimizer, scheduler, generator) -> dict | None:
-        return None
+        """The progress saved by :meth:`save_state` (restoring the rest in place), or None."""
+        raise TypeError(f"{type(self).__name__} sets resumable but does not define load_state")
 
 
 class TrainingLoop:
@@ -190,7 +194,7 @@ class TrainingLoop:
         accelerator.gradient_accumulation_steps = cfg.grad_accum
         generator = torch.Generator().manual_seed(run.cfg.seed + index)
         loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                                             num_workers=getattr(objective, "num_workers", 0),
+                                             num_workers=objective.num_workers,
                                              collate_fn=data.collate)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
