@@ -19,6 +19,10 @@ from vlmexp.paths import conf_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--fault-seed", default=None, help="replay the fault-injection tests' kill instants")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One vlmexp cache (tiny model, generated datasets) for the whole test session."""

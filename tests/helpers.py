@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,10 +19,13 @@ class ScriptedEngine(Engine):
     fingerprint of its first image (see :func:`image_key`) or, without images, its last text.
     ``scores`` maps a key to the log-probabilities :meth:`score` returns; ``answers`` and ``scores``
     may also name a JSON file holding that mapping.
-    ``default`` answers anything unscripted. ``interrupt_after`` raises KeyboardInterrupt once that
-    many requests have been answered (a user pressing Ctrl-C mid-run) — with a ``call_log``, once
-    only, counting what earlier runs answered, so a rerun of the same config goes through; ``fail_after`` raises
-    RuntimeError instead (a crash). ``call_log`` appends the key of every answered request to a file,
+    ``default`` answers anything unscripted; ``varied``, a list of answers, answers it instead with the
+    one a hash of the request's key picks (the same in every process). ``sleep_s`` is spent on each
+    request, as a model would (the fault-injection tests kill the process mid-run).
+    ``interrupt_after`` raises KeyboardInterrupt once that many requests have been answered (a user
+    pressing Ctrl-C mid-run) — with a ``call_log``, once only, counting what earlier runs answered, so
+    a rerun of the same config goes through; ``fail_after`` raises RuntimeError instead (a crash).
+    ``call_log`` appends the key of every answered request to a file,
     so a test can see what a run sent. Other keyword arguments (the ``engine=hf`` keys left in the
     composed config when only ``engine._target_`` is overridden) are ignored.
     """
@@ -29,7 +34,8 @@ class ScriptedEngine(Engine):
 
     def __init__(self, answers: dict | str | None = None, default: str = "", latency_s: float = 0.01,
                  batch_size: int = 4, interrupt_after: int | None = None, fail_after: int | None = None,
-                 scores: dict | str | None = None, call_log: str | None = None, *, run=None, model=None,
+                 scores: dict | str | None = None, call_log: str | None = None,
+                 varied: Sequence[str] | None = None, sleep_s: float = 0.0, *, run=None, model=None,
                  processor=None, **_engine_keys):
         if isinstance(answers, str):  # a JSON file written by the test
             answers = json.loads(Path(answers).read_text())
@@ -43,6 +49,8 @@ class ScriptedEngine(Engine):
         self.interrupt_after = interrupt_after
         self.fail_after = fail_after
         self.call_log = Path(call_log) if call_log else None
+        self.varied = list(varied or [])
+        self.sleep_s = sleep_s
         self.calls: list[ChatRequest] = []
 
     def preferred_batch_size(self) -> int:
@@ -64,10 +72,18 @@ class ScriptedEngine(Engine):
             if self.call_log:
                 with self.call_log.open("a") as fh:
                     fh.write(request_key(request) + "\n")
-            text = self.answers.get(request_key(request), self.default)
+            text = self.answers.get(request_key(request), self._unscripted(request))
+            if self.sleep_s:
+                time.sleep(self.sleep_s)
             sizes = [tuple(img.size) for img in request.images]
             out.append(Generation(text=text, latency_s=self.latency_s, image_sizes=sizes))
         return out
+
+    def _unscripted(self, request: ChatRequest) -> str:
+        if not self.varied:
+            return self.default
+        digest = hashlib.sha256(request_key(request).encode()).digest()
+        return self.varied[digest[0] % len(self.varied)]
 
     def _answered(self) -> int:
         if self.call_log is not None and self.call_log.is_file():

@@ -161,3 +161,45 @@ def test_build_once_syncs_before_it_names_the_folder(tmp_path, monkeypatch):
     target = build_once(tmp_path / "built", build)
     assert (target / "data.txt").read_text() == "x"
     assert len(synced) == 1 and synced[0] != target
+
+
+def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    import mlflow
+
+    from vlmexp.tracking import sqlite_store
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sqlite_store.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sqlite_store.prepare_sqlite_store(uri)
+    assert not (tmp_path / "store" / "mlflow.db").exists()  # no half-made store for the next run to trip on
+    sqlite_store.prepare_sqlite_store(uri)
+    assert [e.name for e in mlflow.MlflowClient(uri).search_experiments()] == ["Default"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")) == ["mlflow.db"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"SQLite format 3\x00" + b"\x00" * 200, "not a usable MLflow store"),
+    (None, "an MLflow store left half-created (1 tables"),
+])
+def test_a_damaged_sqlite_store_is_one_line_before_any_run(tmp_path, content, message):
+    import sqlite3
+
+    from tests.conftest import run_cli
+
+    db = tmp_path / "damaged.db"
+    if content is None:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("CREATE TABLE trace_info (request_id TEXT)")
+    else:
+        db.write_bytes(content)
+    result = run_cli(["mode=eval", "engine._target_=tests.helpers.ScriptedEngine", f"paths.cache_dir={tmp_path}"],
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {db}: {message}"), result.stderr

@@ -81,7 +81,7 @@ def test_malformed_label_names_file_and_line(tmp_path, line, reason):
 def test_label_file_that_is_not_text_is_a_data_error(tmp_path):
     folder = _sequence(tmp_path, "s", [("f1", None)])
     (folder / "f1.txt").write_bytes(b"\xff\xfe\x00\x81binary")
-    with pytest.raises(DataError, match="f1.txt: label file is not UTF-8 text"):
+    with pytest.raises(DataError, match=r"f1.txt:1: YOLO label file is not UTF-8 text \(byte 0xff at column 1"):
         load_smoke_dataset(tmp_path)
 
 

@@ -225,3 +225,34 @@ def test_a_run_killed_in_its_second_epoch_and_continued_logs_each_step_once(tmp_
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, 9))
     assert sorted(m.step for m in client.get_metric_history(run_id, "lr")) == list(range(1, 9))
     assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [1, 2]
+
+
+def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_again(tmp_path):
+    """Results logged without a step go to step 0: a continued run that logs the same value again
+    (a kill after the first attempt logged it) adds nothing; a new value (a timing) is added and wins."""
+    import mlflow
+
+    from vlmexp.tracking.mlflow_tracker import MlflowTracker
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # this test's own store (conftest)
+    first = MlflowTracker(uri, experiment="resume")
+    first.check()
+    run_id = first.start("job", state_dir=tmp_path)
+    first.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 1.5})
+    first.log_metrics({"train_loss": 2.0}, step=1)
+    first.end("KILLED")
+    again = MlflowTracker(uri, experiment="resume")
+    assert again.start("job", resume_run_id=run_id, state_dir=tmp_path) == run_id
+    again.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 2.5})
+    again.log_metrics({"train_loss": 2.0}, step=1)
+    again.log_metrics({"train_loss": 1.0}, step=2)
+    again.end("FINISHED")
+    client = mlflow.MlflowClient(uri)
+
+    def history(key):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    assert history("skipped_missing_images") == [(0, 0.0)]
+    assert history("train_loss") == [(1, 2.0), (2, 1.0)]
+    assert sorted(history("eval_wall_s")) == [(0, 1.5), (0, 2.5)]
+    assert client.get_run(run_id).data.metrics["eval_wall_s"] == 2.5

@@ -36,7 +36,7 @@ def test_jsonl_relative_and_absolute_paths_and_missing_images(tmp_path, images):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ('{"image_path": "imgs/a.png", "question": "Colour?"', "malformed JSON line"),
+    ('{"image_path": "imgs/a.png", "question": "Colour?"', "not valid JSON"),
     ('["imgs/a.png", "Colour?", "red"]', "expected a JSON object"),
     ('{"image_path": "imgs/a.png", "question": "Colour?"}', "'answer' must be a non-empty string"),
     ('{"image_path": "imgs/a.png", "question": 3, "answer": "red"}', "'question' must be a non-empty string"),

@@ -73,12 +73,30 @@ class HashCache:
 
 
 def _walk(folder: Path) -> Iterable[Path]:
-    """Every file under ``folder``, hidden names left out, in a stable order."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    """Every file under ``folder``, hidden names left out, in a stable order. Linked folders are
+    followed (a dataset made of links to its sequences is still fingerprinted by content), each
+    folder once, so a link back to an ancestor cannot loop; links that point nowhere are left out
+    (the loaders name them)."""
+    seen: set[tuple[int, int]] = set()
+
+    def first_visit(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:  # a link that loops or points nowhere
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    first_visit(str(folder))
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and first_visit(os.path.join(root, d))]
         for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root, name)
+            path = Path(root, name)
+            if not name.startswith(".") and path.is_file():
+                yield path
 
 
 def _under(path: Path, folders: list[Path]) -> bool:

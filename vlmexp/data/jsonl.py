@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmexp.data.text import read_text
 from vlmexp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,17 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(data, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
-            yield JsonlLine(path, lineno, data)
+    # split on "\n" only: splitlines() would also cut at U+2028, which JSON strings may hold unescaped
+    for lineno, line in enumerate(read_text(path, "JSONL file").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
+        yield JsonlLine(path, lineno, data)
 
 
 class MissingImages:

@@ -9,10 +9,12 @@ and counts it), so that every listed video shows up in the run's files.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmexp.data.text import read_text
 from vlmexp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def resolve_labels_file(root: Path, labels_file: str | None) -> Path:
 def read_labels(path: Path) -> list[tuple[int, str, str, str]]:
     """Rows of ``(line, video_name, label, caption)``; DataError naming file, row and value."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(read_text(path, "labels file"), newline="") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -78,8 +80,6 @@ def read_labels(path: Path) -> list[tuple[int, str, str, str]]:
                     raise DataError(f"{path}:{line}: unknown label {raw!r} for {name} "
                                     "(expected Positive/Negative in any case, or 1/0)")
                 rows.append((line, name, label, (record.get("caption") or "").strip()))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from None
     return rows

@@ -7,12 +7,16 @@ A label line is ``class cx cy w h``, normalised to 0..1; a missing or empty file
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmexp.data.images import is_image, natural_key
+from vlmexp.data.images import broken_links, is_image, natural_key
+from vlmexp.data.text import read_text
 from vlmexp.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # FIgLib names end in a signed offset in seconds from ignition: 1465065308_+00060.jpg
 _OFFSET = re.compile(r"_([+-]\d+)$")
@@ -38,14 +42,8 @@ def read_yolo_labels(path: Path, smoke_classes: set[int]) -> list[list[float]]:
     """Smoke boxes of one label file; a malformed line raises DataError naming file and line."""
     if not path.is_file():
         return []
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: label file is not UTF-8 text (expected YOLO lines 'class cx cy w h')") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read label file ({exc.strerror or exc})") from None
     boxes = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "YOLO label file").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -68,6 +66,15 @@ def _frame_time(stem: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, with a warning naming the links in it that loop or point nowhere."""
+    broken = broken_links(folder)
+    if broken:
+        log.warning("%s: skipping %d link(s) that loop or point nowhere: %s", folder, len(broken),
+                    ", ".join(broken[:5]) + (" ..." if len(broken) > 5 else ""))
+    return list(folder.iterdir())
+
+
 def _order(paths: list[Path]) -> list[Path]:
     times = [_frame_time(p.stem) for p in paths]
     if paths and all(t is not None for t in times):
@@ -77,12 +84,12 @@ def _order(paths: list[Path]) -> list[Path]:
 
 def load_sequences(root: Path, smoke_classes: set[int], frame_stride: int = 1) -> list[SmokeFrame]:
     frames: list[SmokeFrame] = []
-    sequence_dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name))
+    sequence_dirs = sorted((d for d in _entries(root) if d.is_dir()), key=lambda d: natural_key(d.name))
     if not sequence_dirs:
         raise DataError(f"{root}: no sequence folders (expected data.root/<sequence>/<frame>.jpg; "
                         "use data.format=yolo for images/ + labels/)")
     for seq_dir in sequence_dirs:
-        ordered = _order([p for p in seq_dir.iterdir() if p.is_file() and is_image(p)])
+        ordered = _order([p for p in _entries(seq_dir) if p.is_file() and is_image(p)])
         for index, path in enumerate(ordered[::max(1, frame_stride)]):
             frames.append(SmokeFrame(id=f"{seq_dir.name}/{path.name}", path=path, sequence=seq_dir.name,
                                      index=index, boxes=read_yolo_labels(path.with_suffix(".txt"), smoke_classes),
@@ -94,7 +101,7 @@ def load_yolo(root: Path, smoke_classes: set[int]) -> list[SmokeFrame]:
     images_dir, labels_dir = root / "images", root / "labels"
     if not images_dir.is_dir():
         raise DataError(f"{root}: data.format=yolo expects an images/ folder (and labels/ beside it)")
-    paths = sorted((p for p in images_dir.iterdir() if p.is_file() and is_image(p)), key=lambda p: natural_key(p.name))
+    paths = sorted((p for p in _entries(images_dir) if p.is_file() and is_image(p)), key=lambda p: natural_key(p.name))
     return [SmokeFrame(id=p.name, path=p, sequence=None, index=0,
                        boxes=read_yolo_labels(labels_dir / f"{p.stem}.txt", smoke_classes)) for p in paths]
 

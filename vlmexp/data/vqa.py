@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmexp.data.jsonl import read_jsonl, resolve_image_path
+from vlmexp.data.text import read_text
 from vlmexp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,26 +64,17 @@ class LlavaFormat:
 
 def _jsonl_samples(path: Path, split: str) -> list[VQASample]:
     samples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line.rstrip())
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object with image_path, question and answer")
-            image = Path(_text(record, "image_path", where)).expanduser()
-            samples.append(VQASample(f"{split}:{lineno}", image if image.is_absolute() else path.parent / image,
-                                     _text(record, "question", where), _text(record, "answer", where), split))
+    for line in read_jsonl(path):
+        record, where = line.data, line.where
+        image = resolve_image_path(_text(record, "image_path", where), path)
+        samples.append(VQASample(f"{split}:{line.lineno}", image, _text(record, "question", where),
+                                 _text(record, "answer", where), split))
     return samples
 
 
 def _json_records(path: Path) -> list[tuple[int, object]]:
     """The elements of a top-level JSON list, each with the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "LLaVA JSON file")
     decoder = json.JSONDecoder()
 
     def fail(pos: int, why: str):
@@ -108,12 +101,15 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
 
 
 def _llava_samples(path: Path, image_dir: Path, split: str) -> list[VQASample]:
-    samples = []
+    samples, first_line_of = [], {}
     for lineno, record in _json_records(path):
         where = f"{path}:{lineno}"
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a record with id, image and conversations")
         record_id = str(record.get("id", lineno))
+        if record_id in first_line_of:  # two records would share sample ids, and one's answers the other's
+            raise DataError(f"{where}: duplicate id {record_id!r} (first at line {first_line_of[record_id]})")
+        first_line_of[record_id] = lineno
         image = Path(_text(record, "image", where)).expanduser()
         image = image if image.is_absolute() else image_dir / image
         turns = record.get("conversations")

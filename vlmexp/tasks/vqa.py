@@ -54,7 +54,8 @@ class VQATask(Task):
             if path:
                 found = load_vqa_file(path, split, reader, data.image_dir)
                 if not found.samples:
-                    raise DataError(f"{path}: no question has an existing image")
+                    raise DataError(f"{path}: no question has an existing image" if found.missing_images
+                                    else f"{path}: no questions (the file is empty)")
                 missing_images += found.missing_images
                 loaded[split] = found.samples
         evaluated = [s for split in ("val", "test") for s in loaded.get(split, [])[:data.limit]]

@@ -24,6 +24,7 @@ from vlmexp.atomic import write_text_atomic
 from vlmexp.errors import TrackingError
 from vlmexp.paths import source_root
 from vlmexp.tracking.base import Tracker
+from vlmexp.tracking.sqlite_store import prepare_sqlite_store
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,13 @@ class MlflowTracker(Tracker):
         self._down_since: float | None = None  # since when the server has not answered
         self._error = ""
         self._doubt = False  # the server may hold metric steps this process does not know of
-        self._known: dict[str, set[int]] = {}  # metric -> the steps the server holds
+        self._known: dict[str, dict[int, set[float]]] = {}  # metric -> step -> the values the server holds
         self._state_dir: Path | None = None
 
     # -- start ----------------------------------------------------------------------------------
     def check(self) -> None:
         if not self._remote:
+            prepare_sqlite_store(self.tracking_uri)
             return
         import requests
 
@@ -308,20 +310,26 @@ class MlflowTracker(Tracker):
             client.set_terminated(run_id, payload)
 
     def _send_metrics(self, points: list) -> None:
-        """One batch; a point at a step the server already holds (sent before a kill or an outage) is
-        not sent again. Points logged without a step (final results) are always sent: the newest wins."""
+        """One batch; a point the server already holds (sent by this process, or before a kill or an
+        outage) is not sent again: at a step, whatever its value; at step 0 (where results logged
+        without a step go), the same value, so a new value (a timing of the attempt that finished, a
+        final count after a first one) is still sent and wins."""
         from mlflow.entities import Metric
 
         if self._doubt:
-            for key in {p[0] for p in points if p[3] is not None} - self._known.keys():
-                self._known[key] = {m.step for m in self._client.get_metric_history(self.run_id, key)}
+            for key in {p[0] for p in points} - self._known.keys():
+                held: dict[int, set[float]] = {}
+                for m in self._client.get_metric_history(self.run_id, key):
+                    held.setdefault(m.step, set()).add(m.value)
+                self._known[key] = held
         batch = []
         for key, value, timestamp, step in points:
-            if step is not None and key in self._known:
-                if step in self._known[key]:
-                    continue
-                self._known[key].add(step)
-            batch.append(Metric(key, value, timestamp, step or 0))
+            at = step or 0
+            held = self._known.setdefault(key, {})
+            if at in held and (at != 0 or value in held[at]):
+                continue
+            held.setdefault(at, set()).add(value)
+            batch.append(Metric(key, value, timestamp, at))
         if batch:
             self._client.log_batch(self.run_id, metrics=batch)
 
