@@ -256,3 +256,29 @@ def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_agai
     assert history("train_loss") == [(1, 2.0), (2, 1.0)]
     assert sorted(history("eval_wall_s")) == [(0, 1.5), (0, 2.5)]
     assert client.get_run(run_id).data.metrics["eval_wall_s"] == 2.5
+
+
+def test_a_run_killed_before_it_noted_its_run_id_is_continued_not_duplicated(tmp_path):
+    """A kill between opening the MLflow run and writing ``mlflow_run_id`` leaves a RUNNING run
+    tagged with its work dir; the rerun continues that run instead of opening a second one."""
+    import mlflow
+
+    from vlmexp.tracking.mlflow_tracker import WORK_DIR_TAG, MlflowTracker
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("orphans")
+    work, other = tmp_path / "runs" / "vqa" / "abc-123", tmp_path / "runs" / "vqa" / "def-456"
+    orphan = client.create_run(experiment, tags={WORK_DIR_TAG: str(work)}).info.run_id
+    finished = client.create_run(experiment, tags={WORK_DIR_TAG: str(other)}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+
+    tracker = MlflowTracker(uri, experiment="orphans")
+    assert tracker.start("job", state_dir=work) == orphan
+    tracker.end("FINISHED")
+    fresh = MlflowTracker(uri, experiment="orphans")
+    new = fresh.start("job", state_dir=other)  # that work dir's run finished: a rerun is a new run
+    fresh.end("FINISHED")
+    assert new not in (orphan, finished)
+    assert client.get_run(new).data.tags[WORK_DIR_TAG] == str(other)
+    assert len(client.search_runs([experiment])) == 3

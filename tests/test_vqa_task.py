@@ -46,20 +46,6 @@ def _data_overrides(tmp_path):
             f"data.val_file={write_split(tmp_path, 'val', 1, seed=2)}"]
 
 
-def test_moondream_preset_composes_as_seed_004_and_refuses_training_in_one_line(tmp_path, cache_dir):
-    cfg = compose_config(["+experiment=vqa_moondream_crosswalks", f"paths.cache_dir={cache_dir}",
-                          "logger=none", "hardware=cpu", *_data_overrides(tmp_path)])
-    assert (cfg.task.name, cfg.model.name, cfg.data.format, cfg.model.trust_remote_code) == (
-        "vqa", "moondream2", "jsonl", True)
-    train = cfg.train
-    assert (train.epochs, train.lr, train.batch_size, train.max_grad_norm) == (5, 3e-5, 2, 1.0)
-    assert train.freeze_vision and not train.lora.enabled and cfg.hardware.precision == "bf16"
-    with pytest.raises(ConfigError) as err:  # decided from the config: nothing is downloaded
-        run(cfg, output_dir=tmp_path / "out")
-    message = str(err.value)
-    assert message.startswith("model=moondream2: model.interface=remote_code: ") and "\n" not in message
-
-
 def test_llava_lora_preset_composes_as_seed_003():
     cfg = compose_config(["+experiment=llava_lora"])
     validate(cfg)

@@ -37,9 +37,6 @@ class ModelConfig:
     min_pixels: int = 256 * 28 * 28
     max_pixels: int = 1280 * 28 * 28
     trust_remote_code: bool = False
-    # image_text_to_text: AutoModelForImageTextToText + AutoProcessor with a chat template (trainable);
-    # remote_code: the model's own API from its Hub code, which the SFT trainer cannot drive.
-    interface: str = "image_text_to_text"
     revision: str | None = None
     # Name of a smaller model config to switch to on CUDA out-of-memory at batch size 1.
     fallback: str | None = None

@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 class HFEngine(Engine):
     """Runs the model in this process. Give either a loaded ``model``/``processor`` pair (after
-    fine-tuning) or let it load ``checkpoint`` for the ``model`` config on the resolved placement."""
+    fine-tuning; ``adapter``, when given, is its family's adapter, else the run's model config
+    names it) or let it load ``checkpoint`` for the ``model`` config on the resolved placement."""
 
     supports_scoring = True
     supports_video = True
     trains_in_process = True
 
     def __init__(self, batch_size: int = 8, max_new_tokens: int = 96, do_sample: bool = False,
-                 temperature: float = 1.0, *, run=None, model=None, processor=None):
+                 temperature: float = 1.0, *, run=None, model=None, processor=None, adapter=None):
         self.batch_size = batch_size
         self._configured_batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -48,7 +49,8 @@ class HFEngine(Engine):
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._generate_seconds = 0.0
-        self.adapter = model_adapter(self.model_cfg)
+        self.adapter = adapter or model_adapter(self.model_cfg)
+        self.supports_scoring = self.adapter.supports_scoring
         if model is None:
             if self._may_switch_model and self.model_cfg.get("fallback"):
                 model_config(self.model_cfg.fallback, run.cfg)  # a bad name fails now, not after an OOM
@@ -214,12 +216,17 @@ class HFEngine(Engine):
         return n
 
     def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
+        # remote-code models (Moondream) may have no generation config of their own
+        config = getattr(self.model, "generation_config", None)
+        eos = config.eos_token_id if config is not None else self.tokenizer.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's tokens, end-of-turn token included, given the
         prompt: one forward pass per batch over every (request, candidate) pair."""
+        if not self.adapter.supports_scoring:
+            raise EngineError(f"model={self._model_label()}: engine=hf cannot score candidate answers for this model "
+                              "(its adapter builds no aligned logits); use a task setting that generates answers")
         return self._in_batches(requests, max(1, len(candidates)), lambda chunk: self._score_chunk(chunk, candidates))
 
     def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
@@ -232,7 +239,7 @@ class HFEngine(Engine):
         inputs = self._encode([p + c + eos for _, p, c in pairs], [r for r, _, _ in pairs], "right")
         began = time.perf_counter()
         with torch.inference_mode():
-            logits = self.model(**inputs).logits.float()
+            logits = self.adapter.forward(self.model, inputs).logits.float()
         self._generate_seconds += time.perf_counter() - began
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = inputs["input_ids"][:, 1:]

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 MAX_PARAMS_PER_BATCH = 100  # and on the params (or tags) of one log_batch call
 MAX_METRICS_PER_BATCH = 1000
+WORK_DIR_TAG = "vlmexp.work_dir"
 PENDING_FILE = "mlflow_pending.jsonl"  # in the run's work dir: what a run could not send
 PROBE_TRIES, PROBE_TIMEOUT_S = 2, 3.0
 RETRY_MAX_S = 10.0  # the longest pause between two tries while the server does not answer
@@ -140,12 +141,17 @@ class MlflowTracker(Tracker):
         try:
             experiment_id = self._experiment_id()
             resumed = bool(resume_run_id and self._resumable(resume_run_id))
+            if not resumed and resume_run_id is None and state_dir is not None:
+                resume_run_id = self._orphan(experiment_id, state_dir)
+                resumed = resume_run_id is not None
             if resumed:
                 client.update_run(resume_run_id, status="RUNNING")
                 self.run_id, self._doubt = resume_run_id, True
                 log.info("continuing interrupted MLflow run %s", resume_run_id)
             else:
                 tags = {"vlmexp.sweep": sweep} if sweep else {}
+                if state_dir is not None:  # set at creation, so a run killed before it noted its id is found
+                    tags[WORK_DIR_TAG] = str(state_dir)
                 if sweep:
                     tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id, sweep)
                 run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
@@ -168,6 +174,16 @@ class MlflowTracker(Tracker):
         root = artifact_root_for(self.tracking_uri)
         location = f"{root.rstrip('/')}/{self.experiment}" if root else None
         return self._client.create_experiment(self.experiment, artifact_location=location)
+
+    def _orphan(self, experiment_id: str, state_dir: Path) -> str | None:
+        """A RUNNING run of this work dir: one killed between opening its MLflow run and writing the
+        run id to the work dir (the work-dir lock rules out a live one)."""
+        if "'" in str(state_dir):
+            return None
+        found = self._client.search_runs(
+            [experiment_id], filter_string=f"tags.`{WORK_DIR_TAG}` = '{state_dir}' and attributes.status = 'RUNNING'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return found[0].info.run_id if found else None
 
     def _resumable(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException

@@ -145,10 +145,12 @@ class SFTTrainer(Objective):
         return StageData(self.train_set, self.val_set, self._collate())
 
     def loss(self, model, batch):
-        return model(**batch).loss
+        return self.adapter.forward(model, batch).loss
 
     def validation_loss(self, model, data: StageData, accelerator) -> float | None:
-        return self._val_loss(model, self.val_loader, accelerator) if self.val_loader is not None else None
+        if self.val_loader is None:
+            return None
+        return self._val_loss(model, self.val_loader, accelerator, self.adapter)
 
     def epoch_metrics(self, run, task, accelerator, model, splits) -> dict[str, float]:
         """The task's own validation metrics (e.g. exact match of generated answers), if it has any."""
@@ -183,7 +185,7 @@ class SFTTrainer(Objective):
         return TrainResult(self.model, self.processor, Path(self.best_dir), stopper.best_epoch, progress.history)
 
     @staticmethod
-    def _val_loss(model, loader, accelerator) -> float:
+    def _val_loss(model, loader, accelerator, adapter) -> float:
         """Mean loss per answer token over the validation set."""
         import torch
 
@@ -194,7 +196,7 @@ class SFTTrainer(Objective):
                 if not batch:
                     continue
                 tokens = int((batch["labels"][:, 1:] != -100).sum())
-                loss = model(**batch).loss
+                loss = adapter.forward(model, batch).loss
                 total += float(accelerator.gather_for_metrics((loss.detach() * tokens).reshape(1)).sum())
                 count += int(accelerator.gather_for_metrics(torch.tensor([tokens], device=loss.device)).sum())
         return total / max(count, 1)

@@ -38,6 +38,9 @@ class ModelParts:
 class ModelAdapter(ABC):
     """One model family's loading, input encoding and layout."""
 
+    #: Whether :meth:`forward` gives logits aligned with ``encode``'s ``input_ids`` (candidate scoring).
+    supports_scoring: bool = True
+
     def check_trainable(self, model_cfg) -> None:
         """Raise ConfigError, in one line, when supervised fine-tuning cannot drive this model."""
 
@@ -77,6 +80,11 @@ class ModelAdapter(ABC):
     def image_sizes(self, processor, inputs, requests: Sequence[ChatRequest]) -> list[list[tuple[int, int]]]:
         """Per request, the (width, height) of each image as the model saw it (default: as sent)."""
         return [[tuple(image.size) for image in request.images] for request in requests]
+
+    def forward(self, model, batch):
+        """The model's output (``.loss`` with labels, ``.logits``) for an :meth:`encode` or
+        :meth:`collate` batch."""
+        return model(**batch)
 
     def generate(self, model, inputs, **generation_kwargs):
         """Token ids of prompt + answer for a batch of :meth:`encode` outputs."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmexp.errors import ConfigError, DataError, EngineError
+from vlmexp.errors import DataError, EngineError
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, VideoPart
 from vlmexp.models.adapters.base import ModelAdapter, ModelParts
 
@@ -95,15 +95,6 @@ class TransformersAdapter(ModelAdapter):
         self.part_names = {"vision": tuple(vision), "projector": tuple(projector), "language": tuple(language)}
 
     # -- loading ----------------------------------------------------------------------------------
-    def check_trainable(self, model_cfg) -> None:
-        interface = model_cfg.get("interface") or "image_text_to_text"
-        if interface != "image_text_to_text":
-            raise ConfigError(
-                f"model={model_cfg.name}: model.interface={interface}: this model answers through its own "
-                "remote-code API, not AutoModelForImageTextToText with a chat template, so answer-only "
-                "fine-tuning cannot build its inputs and labels; fine-tune a transformers VLM instead "
-                "(model=qwen2_5_vl_3b, qwen2_vl_2b, qwen7b or llava15_7b)")
-
     def load_processor(self, checkpoint: str, model_cfg):
         from transformers import AutoProcessor
 
