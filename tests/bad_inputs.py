@@ -191,6 +191,8 @@ VQA = [
     Case("latin1-jsonl", "vqa", "error", "JSONL with a Latin-1 byte on line 2",
          _vqa_file(lambda b: b.replace(b'"green"', b'"gr\xfcn"')), "test.jsonl:2: JSONL file is not UTF-8 text"),
     Case("empty-jsonl", "vqa", "error", "empty JSONL file", _vqa_file(lambda b: b""), "no questions"),
+    Case("deeply-nested-jsonl", "vqa", "error", "a line nested 100000 lists deep",
+         _vqa_file(lambda b: b + b"[" * 100_000 + b"\n"), "test.jsonl:4: JSON nested too deeply to read"),
     Case("zero-byte-image", "vqa", "skipped", "a question's image is a zero-byte file",
          lambda root: (root / "imgs" / "b.png").write_bytes(b""), {"skipped_corrupt_images": 1.0,
                                                                    "test_questions": 2.0}),

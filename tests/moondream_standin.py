@@ -4,7 +4,8 @@
 
 ``interface="moondream"`` mirrors revisions up to 2024-08-26: ``Moondream(PreTrainedModel)`` with a
 ``vision_encoder`` (``encoder`` + ``projection``, taking PIL images), ``region_model`` and a Phi
-``text_model`` (transformers' ``PhiForCausalLM``, two layers). ``interface="hf_moondream"`` mirrors
+``text_model`` (transformers' ``PhiForCausalLM``, two layers, without ``generate`` as the
+revisions' own Phi class has none under transformers 5). ``interface="hf_moondream"`` mirrors
 2025 revisions: ``HfMoondream`` wrapping a ``MoondreamModel`` with ``.vision`` and ``.text``.
 
 Both reproduce what breaks remote code under transformers 5: ``__init__`` never calls
@@ -59,6 +60,14 @@ class VisionEncoder(nn.Module):
         return self.projection(self.encoder(x) + self.pos.to(x.dtype))
 
 
+class TextModel(PhiForCausalLM):
+    """As the 2024 revisions' own Phi class is under transformers 5: no generate()."""
+
+    @property
+    def generate(self):
+        raise AttributeError("'PhiForCausalLM' object has no attribute 'generate'")
+
+
 class RegionModel(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -72,7 +81,7 @@ class Moondream(PreTrainedModel):
         super().__init__(config)  # no post_init(), as in code written for transformers 4
         self.vision_encoder = VisionEncoder(config)
         self.region_model = RegionModel(config)
-        self.text_model = PhiForCausalLM(PhiConfig(**config.text_config))
+        self.text_model = TextModel(PhiConfig(**config.text_config))
 
     def encode_image(self, image):
         with torch.no_grad():

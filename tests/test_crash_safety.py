@@ -174,18 +174,23 @@ def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(sqlite_store.os, "replace", killed)
+        patched.setattr(sqlite_store.os, "link", killed)
         with pytest.raises(KeyboardInterrupt):
             sqlite_store.prepare_sqlite_store(uri)
     assert not (tmp_path / "store" / "mlflow.db").exists()  # no half-made store for the next run to trip on
     sqlite_store.prepare_sqlite_store(uri)
     assert [e.name for e in mlflow.MlflowClient(uri).search_experiments()] == ["Default"]
-    assert sorted(p.name for p in (tmp_path / "store").iterdir() if not p.name.startswith(".")) == ["mlflow.db"]
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["mlflow.db"]  # no temporary file is left
+    (tmp_path / "empty.db").write_bytes(b"")  # an empty file (touch) is made a store in one step too
+    sqlite_store.prepare_sqlite_store(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert [e.name for e in mlflow.MlflowClient(f"sqlite:///{tmp_path / 'empty.db'}").search_experiments()] == [
+        "Default"]
 
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"SQLite format 3\x00" + b"\x00" * 200, "not a usable MLflow store"),
     (None, "an MLflow store left half-created (1 tables"),
+    ("migration-cut-short", "the MLflow store does not open (Detected out-of-date database schema"),
 ])
 def test_a_damaged_sqlite_store_is_one_line_before_any_run(tmp_path, content, message):
     import sqlite3
@@ -196,6 +201,13 @@ def test_a_damaged_sqlite_store_is_one_line_before_any_run(tmp_path, content, me
     if content is None:
         with contextlib.closing(sqlite3.connect(db)) as conn:
             conn.execute("CREATE TABLE trace_info (request_id TEXT)")
+    elif content == "migration-cut-short":  # every table there, the schema stopped at an old revision
+        import mlflow
+
+        mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")
+            conn.commit()
     else:
         db.write_bytes(content)
     result = run_cli(["mode=eval", "engine._target_=tests.helpers.ScriptedEngine", f"paths.cache_dir={tmp_path}"],

@@ -18,7 +18,7 @@ from tests.vqa_helpers import BACKGROUND_QUESTION, COLOUR_QUESTION, COLOURS, wri
 from vlmexp.errors import ConfigError
 from vlmexp.hardware import Placement
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
-from vlmexp.models.adapters.moondream import MoondreamAdapter
+from vlmexp.models.adapters.moondream import MoondreamAdapter, embed_batch
 from vlmexp.models.remote_code import remote_class, skeleton
 
 CPU = Placement("cpu", "float32", "sdpa", None)
@@ -79,7 +79,7 @@ def test_labels_are_the_answer_tokens_and_eos_only(standin):
     assert features["labels"].tolist() == [[-100] * len(question) + answer]
     short = adapter.supervised_features(tokenizer, request(question="Colour?"), "dark")
     batch = adapter.collate([features, None, short], tokenizer.pad_token_id)  # None: an unreadable image
-    embeds, mask, labels = adapter._embeddings(model, batch, "right")
+    embeds, mask, labels = embed_batch(model, batch, "right")
     image_tokens = model.vision_encoder([Image.new("RGB", (8, 8))]).shape[1]
     assert image_tokens == 4
     first = [-100] * (1 + image_tokens + len(question)) + answer  # BOS, the image, the question: not learnt
@@ -203,3 +203,29 @@ def test_lora_on_the_text_model_trains_adapters_only(standin, tmp_path):
     assert adapter and all("lora_" in name and ".text_model." in name for name in adapter)
     assert not (checkpoint / "model.safetensors").exists()  # the base weights are not rewritten
     assert metrics["best_epoch"] in (1.0, 2.0) and "exact_match" in metrics
+
+
+def test_the_training_forward_runs_through_ddp_like_any_model(standin, tmp_path):
+    """``model(**batch)`` is Moondream's training forward, so DistributedDataParallel (a real one,
+    one process on gloo) wraps it as it wraps any model, and gives the same loss."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tests.fake_servers import closed_port
+
+    adapter = MoondreamAdapter()
+    tokenizer = adapter.load_processor(str(standin), model_cfg(standin))
+    model = adapter.load_model(str(standin), model_cfg(standin), CPU, for_training=True)
+    batch = adapter.collate([adapter.supervised_features(tokenizer, request(), "red"),
+                             adapter.supervised_features(tokenizer, request(question="Colour?"), "dark")],
+                            tokenizer.pad_token_id)
+    plain = float(adapter.forward(model, batch).loss)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{closed_port()}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+        loss = adapter.forward(wrapped, batch).loss
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert float(loss) == pytest.approx(plain, rel=1e-6)
+    assert model.text_model.lm_head.weight.grad is not None

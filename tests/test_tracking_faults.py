@@ -228,8 +228,8 @@ def test_a_run_killed_in_its_second_epoch_and_continued_logs_each_step_once(tmp_
 
 
 def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_again(tmp_path):
-    """Results logged without a step go to step 0: a continued run that logs the same value again
-    (a kill after the first attempt logged it) adds nothing; a new value (a timing) is added and wins."""
+    """Results logged without a step go to step 0: a continued run that logs the newest value again
+    (a kill after the first attempt logged it) adds nothing; another value (a timing) is added and wins."""
     import mlflow
 
     from vlmexp.tracking.mlflow_tracker import MlflowTracker
@@ -238,12 +238,15 @@ def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_agai
     first = MlflowTracker(uri, experiment="resume")
     first.check()
     run_id = first.start("job", state_dir=tmp_path)
-    first.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 1.5})
+    first.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 1.5, "count": 1.0, "roc_auc": float("nan")})
+    time.sleep(0.01)  # a later timestamp: the newest value is well defined
+    first.log_metrics({"count": 2.0})
     first.log_metrics({"train_loss": 2.0}, step=1)
     first.end("KILLED")
+    time.sleep(0.01)
     again = MlflowTracker(uri, experiment="resume")
     assert again.start("job", resume_run_id=run_id, state_dir=tmp_path) == run_id
-    again.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 2.5})
+    again.log_metrics({"skipped_missing_images": 0.0, "eval_wall_s": 2.5, "count": 1.0, "roc_auc": float("nan")})
     again.log_metrics({"train_loss": 2.0}, step=1)
     again.log_metrics({"train_loss": 1.0}, step=2)
     again.end("FINISHED")
@@ -256,29 +259,41 @@ def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_agai
     assert history("train_loss") == [(1, 2.0), (2, 1.0)]
     assert sorted(history("eval_wall_s")) == [(0, 1.5), (0, 2.5)]
     assert client.get_run(run_id).data.metrics["eval_wall_s"] == 2.5
+    assert [v for _, v in history("count")] == [1.0, 2.0, 1.0]  # the newest value, not one held earlier, counts
+    assert client.get_run(run_id).data.metrics["count"] == 1.0
+    assert len(history("roc_auc")) == 1  # NaN equals NaN here
 
 
 def test_a_run_killed_before_it_noted_its_run_id_is_continued_not_duplicated(tmp_path):
-    """A kill between opening the MLflow run and writing ``mlflow_run_id`` leaves a RUNNING run
-    tagged with its work dir; the rerun continues that run instead of opening a second one."""
+    """A kill between opening the MLflow run and writing ``mlflow_run_id`` leaves a RUNNING run that
+    holds the work dir's claim token; the rerun continues that run instead of opening a second one.
+    Without the token (``resume=false`` removed it, or another machine made the run) nothing is taken over."""
     import mlflow
 
-    from vlmexp.tracking.mlflow_tracker import WORK_DIR_TAG, MlflowTracker
+    from vlmexp.tracking.mlflow_tracker import CLAIM_FILE, MlflowTracker
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment("orphans")
-    work, other = tmp_path / "runs" / "vqa" / "abc-123", tmp_path / "runs" / "vqa" / "def-456"
-    orphan = client.create_run(experiment, tags={WORK_DIR_TAG: str(work)}).info.run_id
-    finished = client.create_run(experiment, tags={WORK_DIR_TAG: str(other)}).info.run_id
-    client.set_terminated(finished, "FINISHED")
+    work = tmp_path / "runs" / "vqa" / "abc-123"
+    work.mkdir(parents=True)
 
-    tracker = MlflowTracker(uri, experiment="orphans")
-    assert tracker.start("job", state_dir=work) == orphan
-    tracker.end("FINISHED")
+    class Killed(Exception):
+        pass
+
+    killed = MlflowTracker(uri, experiment="orphans")
+    with pytest.MonkeyPatch.context() as patch:  # a kill right after the run is created
+        patch.setattr(MlflowTracker, "_load_pending", lambda self, resumed: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            killed.start("job", state_dir=work)
+    [orphan] = client.search_runs([client.get_experiment_by_name("orphans").experiment_id])
+    assert orphan.info.status == "RUNNING" and (work / CLAIM_FILE).is_file()
+
+    rerun = MlflowTracker(uri, experiment="orphans")
+    assert rerun.start("job", state_dir=work) == orphan.info.run_id
+    rerun.end("FINISHED")
+    (work / CLAIM_FILE).unlink()  # as resume=false leaves the work dir
+    client.update_run(orphan.info.run_id, status="RUNNING")
     fresh = MlflowTracker(uri, experiment="orphans")
-    new = fresh.start("job", state_dir=other)  # that work dir's run finished: a rerun is a new run
+    assert fresh.start("job", state_dir=work) != orphan.info.run_id
     fresh.end("FINISHED")
-    assert new not in (orphan, finished)
-    assert client.get_run(new).data.tags[WORK_DIR_TAG] == str(other)
-    assert len(client.search_runs([experiment])) == 3
+    assert len(client.search_runs([client.get_experiment_by_name("orphans").experiment_id])) == 2

@@ -34,9 +34,10 @@ def open_image(path: str | Path):
             img.load()
             return to_rgb(img)
     except Image.DecompressionBombError as exc:  # PIL refuses before decoding: no memory spent
-        pixels, limit = (int(n) / 1e6 for n in re.findall(r"\d+", str(exc))[:2])
-        raise UnreadableImage(f"{path}: image too large to decode ({pixels:.0f} MP; PIL's limit is "
-                              f"{limit:.0f} MP)") from None
+        numbers = re.findall(r"\d+", str(exc))
+        size = f"{int(numbers[0]) / 1e6:.0f} MP; " if numbers else ""
+        raise UnreadableImage(f"{path}: image too large to decode ({size}PIL's limit is "
+                              f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP)") from None
     except UnreadableImage as exc:
         raise UnreadableImage(f"{path}: {exc}") from None
     except Exception as exc:  # PIL raises many types for bad files

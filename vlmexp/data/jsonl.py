@@ -69,6 +69,8 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply to read") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
         yield JsonlLine(path, lineno, data)

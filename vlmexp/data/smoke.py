@@ -68,11 +68,15 @@ def _frame_time(stem: str) -> float | None:
 
 def _entries(folder: Path) -> list[Path]:
     """The entries of ``folder``, with a warning naming the links in it that loop or point nowhere."""
-    broken = broken_links(folder)
+    try:
+        broken = broken_links(folder)
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
     if broken:
         log.warning("%s: skipping %d link(s) that loop or point nowhere: %s", folder, len(broken),
                     ", ".join(broken[:5]) + (" ..." if len(broken) > 5 else ""))
-    return list(folder.iterdir())
+    return entries
 
 
 def _order(paths: list[Path]) -> list[Path]:

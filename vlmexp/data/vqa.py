@@ -96,6 +96,8 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise fail(exc.pos, exc.msg) from None
+        except RecursionError:
+            raise fail(pos, "nested too deeply to read") from None
         records.append((text.count("\n", 0, pos) + 1, value))
         pos = end
 

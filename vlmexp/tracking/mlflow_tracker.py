@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 MAX_PARAMS_PER_BATCH = 100  # and on the params (or tags) of one log_batch call
 MAX_METRICS_PER_BATCH = 1000
-WORK_DIR_TAG = "vlmexp.work_dir"
+CLAIM_TAG, CLAIM_FILE = "vlmexp.run_claim", "mlflow_run_claim"  # see _orphan
 PENDING_FILE = "mlflow_pending.jsonl"  # in the run's work dir: what a run could not send
 PROBE_TRIES, PROBE_TIMEOUT_S = 2, 3.0
 RETRY_MAX_S = 10.0  # the longest pause between two tries while the server does not answer
@@ -53,6 +54,10 @@ def artifact_root_for(tracking_uri: str) -> str | None:
         store = Path(unquote(parsed.path if parsed.scheme else tracking_uri)).resolve()
         return store.as_uri()
     return None
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -110,7 +115,7 @@ class MlflowTracker(Tracker):
         self._down_since: float | None = None  # since when the server has not answered
         self._error = ""
         self._doubt = False  # the server may hold metric steps this process does not know of
-        self._known: dict[str, dict[int, set[float]]] = {}  # metric -> step -> the values the server holds
+        self._known: dict[str, dict[int, float]] = {}  # metric -> step -> the (newest) value the server holds
         self._state_dir: Path | None = None
 
     # -- start ----------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ class MlflowTracker(Tracker):
             else:
                 tags = {"vlmexp.sweep": sweep} if sweep else {}
                 if state_dir is not None:  # set at creation, so a run killed before it noted its id is found
-                    tags[WORK_DIR_TAG] = str(state_dir)
+                    tags[CLAIM_TAG] = self._claim(state_dir)
                 if sweep:
                     tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id, sweep)
                 run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
@@ -176,14 +181,26 @@ class MlflowTracker(Tracker):
         return self._client.create_experiment(self.experiment, artifact_location=location)
 
     def _orphan(self, experiment_id: str, state_dir: Path) -> str | None:
-        """A RUNNING run of this work dir: one killed between opening its MLflow run and writing the
-        run id to the work dir (the work-dir lock rules out a live one)."""
-        if "'" in str(state_dir):
+        """The RUNNING run this work dir claimed before a kill stopped it from noting the run's id
+        (the token in ``CLAIM_FILE`` is unique to this work dir and attempt: ``resume=false`` removes
+        it, and another machine's run never holds it)."""
+        claim = state_dir / CLAIM_FILE
+        token = claim.read_text().strip() if claim.is_file() else ""
+        if not token.isalnum():
             return None
         found = self._client.search_runs(
-            [experiment_id], filter_string=f"tags.`{WORK_DIR_TAG}` = '{state_dir}' and attributes.status = 'RUNNING'",
-            max_results=1, order_by=["attributes.start_time DESC"])
+            [experiment_id], filter_string=f"tags.`{CLAIM_TAG}` = '{token}' and attributes.status = 'RUNNING'",
+            max_results=1)
         return found[0].info.run_id if found else None
+
+    @staticmethod
+    def _claim(state_dir: Path) -> str:
+        """A new token, written to the work dir before the run it tags is created."""
+        import uuid
+
+        token = uuid.uuid4().hex
+        write_text_atomic(state_dir / CLAIM_FILE, token)
+        return token
 
     def _resumable(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
@@ -328,23 +345,25 @@ class MlflowTracker(Tracker):
     def _send_metrics(self, points: list) -> None:
         """One batch; a point the server already holds (sent by this process, or before a kill or an
         outage) is not sent again: at a step, whatever its value; at step 0 (where results logged
-        without a step go), the same value, so a new value (a timing of the attempt that finished, a
-        final count after a first one) is still sent and wins."""
+        without a step go), when it equals the newest value held, so a new value (a timing of the
+        attempt that finished, a final count after a first one) is still sent and wins."""
         from mlflow.entities import Metric
 
         if self._doubt:
             for key in {p[0] for p in points} - self._known.keys():
-                held: dict[int, set[float]] = {}
-                for m in self._client.get_metric_history(self.run_id, key):
-                    held.setdefault(m.step, set()).add(m.value)
+                history = self._client.get_metric_history(self.run_id, key)
+                held: dict[int, float] = {m.step: m.value for m in history if m.step}
+                at_zero = [m for m in history if not m.step]
+                if at_zero:
+                    held[0] = max(at_zero, key=lambda m: m.timestamp).value
                 self._known[key] = held
         batch = []
         for key, value, timestamp, step in points:
             at = step or 0
             held = self._known.setdefault(key, {})
-            if at in held and (at != 0 or value in held[at]):
+            if at in held and (at != 0 or _same(held[0], value)):
                 continue
-            held.setdefault(at, set()).add(value)
+            held[at] = value
             batch.append(Metric(key, value, timestamp, at))
         if batch:
             self._client.log_batch(self.run_id, metrics=batch)

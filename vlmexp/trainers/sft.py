@@ -100,9 +100,7 @@ class SFTTrainer(Objective):
         freeze_parts(model, parts, vision=train.freeze_vision, projector=train.freeze_projector,
                      language=train.freeze_llm)
         if train.gradient_checkpointing and not train.lora.quant_bits:
-            # the transformers 5 name; older 5.x releases only have the gradient_checkpointing_ one
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable({"use_reentrant": False})
+            adapter.enable_gradient_checkpointing(model)
         if lora:
             full = unfrozen_parts(parts, vision=train.freeze_vision, projector=train.freeze_projector)
             model = with_lora(model, parts, train.lora, train_in_full=full,

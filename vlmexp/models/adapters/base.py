@@ -81,6 +81,12 @@ class ModelAdapter(ABC):
         """Per request, the (width, height) of each image as the model saw it (default: as sent)."""
         return [[tuple(image.size) for image in request.images] for request in requests]
 
+    def enable_gradient_checkpointing(self, model) -> None:
+        """``train.gradient_checkpointing=true``: recompute activations in the backward pass."""
+        # the transformers 5 name; older 5.x releases only have the gradient_checkpointing_ one
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+
     def forward(self, model, batch):
         """The model's output (``.loss`` with labels, ``.logits``) for an :meth:`encode` or
         :meth:`collate` batch."""

@@ -16,6 +16,7 @@ Moondream's prompt and is left out.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,9 @@ class MoondreamAdapter(ModelAdapter):
             kwargs["attn_implementation"] = "flash_attention_2"
         model = load_remote_model(AutoModelForCausalLM, checkpoint, model_cfg,
                                   check=lambda skeleton: self.check_interface(skeleton, model_cfg), **kwargs)
+        # Moondream has no forward of its own: this one is what model(**batch) runs, so the training
+        # loop's wrappers (DDP, peft, accelerate's autocast) sit around it as around any model's.
+        model.forward = types.MethodType(supervised_forward, model)
         if not for_training:
             model.to(placement.device)
         model.eval()
@@ -124,45 +128,43 @@ class MoondreamAdapter(ModelAdapter):
         batch["images"] = [image for f in features for image in f["images"]]
         return batch
 
-    def _embeddings(self, model, batch, padding_side: str):
-        """[BOS] + image embeddings + the real text tokens of each row, padded on ``padding_side``;
-        the attention mask, and the labels (-100 on BOS, image and padding) when the batch has them."""
-        import torch
-
-        embed = model.text_model.get_input_embeddings()
-        vision = model.vision_encoder(batch["images"]).to(embed.weight.dtype)
-        has_labels = "labels" in batch
-        rows, labels = [], []
-        for i in range(len(batch["images"])):
-            real = batch["attention_mask"][i].bool()
-            rows.append(torch.cat([embed(batch["bos_ids"][i]), vision[i], embed(batch["input_ids"][i][real])]))
-            if has_labels:
-                prefix = torch.full((1 + vision.shape[1],), IGNORE_INDEX, dtype=torch.long, device=vision.device)
-                labels.append(torch.cat([prefix, batch["labels"][i][real]]))
-        width = max(r.shape[0] for r in rows)
-        embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[1]))
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=embeds.device)
-        targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long, device=embeds.device)
-        for i, row in enumerate(rows):
-            span = slice(width - row.shape[0], width) if padding_side == "left" else slice(0, row.shape[0])
-            embeds[i, span], mask[i, span] = row, 1
-            if has_labels:
-                targets[i, span] = labels[i]
-        return embeds, mask, (targets if has_labels else None)
-
-    def forward(self, model, batch):
-        embeds, mask, labels = self._embeddings(model, batch, "right")
-        return model.text_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+    def enable_gradient_checkpointing(self, model) -> None:
+        try:
+            model.text_model.gradient_checkpointing_enable({"use_reentrant": False})
+        except ValueError as exc:  # the remote text model does not support it
+            raise ConfigError(f"train.gradient_checkpointing=true: {str(exc).splitlines()[0]}") from None
 
     def generate(self, model, inputs, **generation_kwargs):
-        """Prompt ids + the answer's ids, as the engine expects (the text model, given embeddings only,
-        returns just the new tokens)."""
+        """Prompt ids + the answer's ids, as the engine expects. Decoded here, token by token with
+        the whole sequence each step, rather than by ``text_model.generate``: the text model of the
+        2024 revisions is Moondream's own Phi class, which under transformers 5 has no ``generate``."""
         import torch
 
-        embeds, mask, _ = self._embeddings(model, inputs, "left")
-        generation_kwargs.setdefault("eos_token_id", inputs["eos_token_id"])
-        new = model.text_model.generate(inputs_embeds=embeds, attention_mask=mask, **generation_kwargs)
-        return torch.cat([inputs["input_ids"], new.to(inputs["input_ids"].device)], dim=1)
+        model = getattr(model, "module", model)  # generation runs outside DDP
+        embeds, mask, _ = embed_batch(model, inputs, "left")
+        embed = model.text_model.get_input_embeddings()
+        eos, pad = inputs["eos_token_id"], generation_kwargs.get("pad_token_id") or inputs["eos_token_id"]
+        sample = generation_kwargs.get("do_sample") and (generation_kwargs.get("temperature") or 1.0) > 0
+        done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+        tokens = []
+        for _ in range(int(generation_kwargs.get("max_new_tokens") or 32)):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model.text_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                      use_cache=False).logits[:, -1, :].float()
+            if sample:
+                probs = torch.softmax(logits / generation_kwargs["temperature"], dim=-1)
+                step = torch.multinomial(probs, 1).squeeze(-1)
+            else:
+                step = logits.argmax(-1)
+            step = torch.where(done, torch.full_like(step, pad), step)
+            tokens.append(step)
+            done |= step == eos
+            if bool(done.all()):
+                break
+            embeds = torch.cat([embeds, embed(step)[:, None, :].to(embeds.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        new = torch.stack(tokens, dim=1).to(inputs["input_ids"].device)
+        return torch.cat([inputs["input_ids"], new], dim=1)
 
     # -- layout -----------------------------------------------------------------------------------
     def parts(self, model) -> ModelParts:
@@ -175,3 +177,39 @@ class MoondreamAdapter(ModelAdapter):
         vision = part("vision_encoder.encoder") or part("vision_encoder")
         projector = part("vision_encoder.projection") if vision and vision[0] != "vision_encoder" else None
         return ModelParts(vision, projector, part("text_model"))
+
+
+def embed_batch(model, batch, padding_side: str):
+    """[BOS] + image embeddings + the real text tokens of each row, padded on ``padding_side``; the
+    attention mask, and the labels (-100 on BOS, image and padding) when the batch has them."""
+    import torch
+
+    embed = model.text_model.get_input_embeddings()
+    vision = model.vision_encoder(batch["images"]).to(embed.weight.dtype)
+    has_labels = batch.get("labels") is not None
+    rows, labels = [], []
+    for i in range(len(batch["images"])):
+        real = batch["attention_mask"][i].bool()
+        rows.append(torch.cat([embed(batch["bos_ids"][i]), vision[i], embed(batch["input_ids"][i][real])]))
+        if has_labels:
+            prefix = torch.full((1 + vision.shape[1],), IGNORE_INDEX, dtype=torch.long, device=vision.device)
+            labels.append(torch.cat([prefix, batch["labels"][i][real]]))
+    width = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[1]))
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=embeds.device)
+    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long, device=embeds.device)
+    for i, row in enumerate(rows):
+        span = slice(width - row.shape[0], width) if padding_side == "left" else slice(0, row.shape[0])
+        embeds[i, span], mask[i, span] = row, 1
+        if has_labels:
+            targets[i, span] = labels[i]
+    return embeds, mask, (targets if has_labels else None)
+
+
+def supervised_forward(self, input_ids, attention_mask, bos_ids, images, labels=None, **_unused):
+    """The forward pass bound to a loaded Moondream: the text model's output (loss with labels) on
+    BOS + image + text embeddings, right-padded."""
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "bos_ids": bos_ids, "images": images,
+             "labels": labels}
+    embeds, mask, targets = embed_batch(self, batch, "right")
+    return self.text_model(inputs_embeds=embeds, attention_mask=mask, labels=targets)
