@@ -131,10 +131,11 @@ def inject(reference: Series, victim: Series, task: str, seed: int) -> None:
     total = reference.run_to_end()
     working = started_work_after(reference, task, began_wall)
     rng = random.Random(seed)
-    # Every other kill lands in start-up (imports, model build, data generation), the others while it
-    # works, each within the first 60 % of the work (a rerun redoes only what is left).
+    # Every other kill lands in start-up (imports, model build, data generation), the first of them
+    # too, so at least one kill lands however fast the victim runs; the others while it works, each
+    # within the first 60 % of the work (a rerun redoes only what is left).
     span = total - working
-    instants = [rng.uniform(0.2, working) if k % 2 else rng.uniform(working, working + 0.6 * span)
+    instants = [rng.uniform(working, working + 0.6 * span) if k % 2 else rng.uniform(0.2, working)
                 for k in range(KILLS)]
     for instant in instants:
         if not victim.kill_at(instant) or victim.finished(task):
