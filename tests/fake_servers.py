@@ -47,6 +47,7 @@ class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    truncated: bool = False  # stopped at the token cap: done_reason / finish_reason "length"
 
 
 Responder = Callable[[ChatRequest], Reply]
@@ -72,7 +73,7 @@ class HFResponder:
     def __call__(self, request: ChatRequest) -> Reply:
         with self.lock:
             generation = self.engine.generate([request])[0]
-        return Reply(generation.text, generation.prompt_tokens, generation.completion_tokens)
+        return Reply(generation.text, generation.prompt_tokens, generation.completion_tokens, generation.truncated)
 
 
 def closed_port() -> int:
@@ -326,7 +327,8 @@ def _ollama_body(model: str, reply: Reply, first: bool, spent_ns: int) -> dict:
     prompt_ns = reply.prompt_tokens * PROMPT_TOKEN_NS
     eval_ns = reply.completion_tokens * ANSWER_TOKEN_NS
     return {"model": model, "created_at": CREATED_AT, "message": {"role": "assistant", "content": reply.text},
-            "done_reason": "stop", "done": True, "total_duration": load + prompt_ns + eval_ns + spent_ns,
+            "done_reason": "length" if reply.truncated else "stop", "done": True,
+            "total_duration": load + prompt_ns + eval_ns + spent_ns,
             "load_duration": load, "prompt_eval_count": reply.prompt_tokens, "prompt_eval_duration": prompt_ns,
             "eval_count": reply.completion_tokens, "eval_duration": eval_ns}
 
@@ -335,7 +337,8 @@ def _openai_body(model: str, reply: Reply, number: int, system_fingerprint: str 
     body = {"id": f"chatcmpl-{number:032x}", "object": "chat.completion", "created": 1748779200, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": None,
                                                  "content": reply.text, "tool_calls": []},
-                         "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
+                         "logprobs": None, "finish_reason": "length" if reply.truncated else "stop",
+                         "stop_reason": None}],
             "usage": {"prompt_tokens": reply.prompt_tokens,
                       "total_tokens": reply.prompt_tokens + reply.completion_tokens,
                       "completion_tokens": reply.completion_tokens, "prompt_tokens_details": None},

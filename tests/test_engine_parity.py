@@ -80,7 +80,8 @@ def test_hf_ollama_and_openai_engines_agree(model_server, talkative_checkpoint, 
     for name, overrides in engines.items():
         metrics[name] = run(compose_config(common + overrides), output_dir=tmp_path / name)
         lines = (tmp_path / name / "predictions.jsonl").read_text().splitlines()
-        predictions[name] = [{k: v for k, v in json.loads(line).items() if k != "latency_s"} for line in lines]
+        predictions[name] = [{k: v for k, v in json.loads(line).items() if k not in ("latency_s", "wall_s")}
+                             for line in lines]
 
     served = [c for c in model_server.chats if c["outcome"] == "answered"]
     assert len(served) == 8  # 4 samples through each API, none twice

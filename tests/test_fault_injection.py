@@ -110,7 +110,7 @@ class Series:
                  for k in metrics}
         # the series' own folder is left out of the paths the records name
         text = (self.work_dir(task) / "predictions.jsonl").read_text().replace(str(self.folder), "")
-        predictions = sorted(({k: v for k, v in json.loads(line).items() if k != "latency_s"}
+        predictions = sorted(({k: v for k, v in json.loads(line).items() if k not in ("latency_s", "wall_s")}
                               for line in text.splitlines()), key=lambda r: r["id"])
         return predictions, metrics, steps
 

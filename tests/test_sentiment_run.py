@@ -128,7 +128,7 @@ def test_generate_decision_parses_and_marks_fallbacks(tmp_path):
                 "recall_macro": (3 / 4 + 2 / 3) / 2, "recall_weighted": 5 / 7,
                 "f1_macro": (3 / 4 + 2 / 3) / 2, "f1_weighted": (4 * 3 / 4 + 3 * 2 / 3) / 7,
                 "parse_success_rate": 6 / 7, "unparsed_answers": 1.0, "num_videos": 7.0, "skipped_videos": 2.0,
-                "latency_mean_s": 0.25, "latency_p50_s": 0.25, "throughput_videos_per_s": 4.0}
+                "latency_mean_s": 0.25, "latency_p50_s": 0.25, "truncated_answers": 0.0}
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
 

@@ -73,6 +73,7 @@ class Generation:
     # (width, height) of each image as the model saw it, after any resizing by the engine.
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     error: str | None = None  # set when the engine gave up on this request (retries exhausted)
+    truncated: bool = False  # the answer stopped at the token cap (finish reason "length"), not at its end
 
 
 def chat(system: str | None, *user_parts: Part) -> list[Message]:

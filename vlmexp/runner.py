@@ -18,6 +18,7 @@ from vlmexp.config.validate import validate
 from vlmexp.content import HashCache, data_fingerprint
 from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.store import PredictionStore
+from vlmexp.evaluation.usage import usage_metrics
 from vlmexp.paths import expand
 from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
 from vlmexp.runlock import RunLock
@@ -249,6 +250,8 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
         skipped = {r["id"] for r in records if r.get("skipped")}
         metrics["skipped_corrupt_images"] = float(len(skipped | unreadable_in_training))
     metrics.update(engine.run_metrics())
+    # over every stored record, not only those this process answered (a resumed or reused run)
+    metrics.update(usage_metrics(records, ctx.cfg.task.get("max_new_tokens")))
     metrics["eval_wall_s"] = elapsed
     ctx.tracker.log_metrics(metrics)
     predictions = ctx.output_dir / "predictions.jsonl"  # one final record per sample, in order

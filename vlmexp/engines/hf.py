@@ -196,11 +196,15 @@ class HFEngine(Engine):
         new_tokens = out[:, prompt_len:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         counts = [self._count_generated(row) for row in new_tokens]
+        stop = {self.tokenizer.pad_token_id, *self._eos_ids()}
+        # cut off: no end token within the request's own cap
+        truncated = [not stop & set(row[:r.max_new_tokens or self.max_new_tokens].tolist())
+                     for row, r in zip(new_tokens, chunk)]
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
         sizes = self.adapter.image_sizes(self.processor, inputs, chunk)
         results = [Generation(text=text.strip(), latency_s=elapsed / len(chunk), prompt_tokens=int(n_in),
-                              completion_tokens=n_out, image_sizes=size)
-                   for text, n_out, n_in, size in zip(texts, counts, prompt_counts, sizes)]
+                              completion_tokens=n_out, image_sizes=size, truncated=cut)
+                   for text, n_out, n_in, size, cut in zip(texts, counts, prompt_counts, sizes, truncated)]
         self._prompt_tokens += int(sum(prompt_counts))
         self._completion_tokens += sum(counts)
         self._generate_seconds += elapsed

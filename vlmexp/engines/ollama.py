@@ -186,7 +186,7 @@ class OllamaEngine(RemoteEngine):
         except ValueError as exc:  # not JSON, or JSON not shaped like a chat response
             raise RequestFailed(f"malformed response: {str(exc).splitlines()[0]}") from None
         return Answer(text=response.message.content or "", prompt_tokens=response.prompt_eval_count,
-                      completion_tokens=response.eval_count,
+                      completion_tokens=response.eval_count, truncated=response.done_reason == "length",
                       timings={"load_s": _seconds(response.load_duration),
                                "prompt_eval_s": _seconds(response.prompt_eval_duration),
                                "eval_s": _seconds(response.eval_duration),

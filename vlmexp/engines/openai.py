@@ -159,7 +159,8 @@ class OpenAIEngine(RemoteEngine):
         if fingerprint and self.system_fingerprint is None:
             self.system_fingerprint = str(fingerprint)
         return Answer(text=content, prompt_tokens=getattr(usage, "prompt_tokens", None),
-                      completion_tokens=getattr(usage, "completion_tokens", None))
+                      completion_tokens=getattr(usage, "completion_tokens", None),
+                      truncated=getattr(choices[0], "finish_reason", None) == "length")
 
     def close(self) -> None:
         self.client.close()

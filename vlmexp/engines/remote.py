@@ -44,6 +44,7 @@ class Answer:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    truncated: bool = False  # the server stopped it at the token cap
 
 
 def connection_problem(exc: BaseException) -> str:
@@ -210,7 +211,7 @@ class RemoteEngine(Engine):
                 self.totals["completion_tokens"] += answer.completion_tokens or 0
                 self.totals.update(answer.timings)
             return Generation(text=answer.text.strip(), latency_s=latency, prompt_tokens=answer.prompt_tokens,
-                              completion_tokens=answer.completion_tokens)
+                              completion_tokens=answer.completion_tokens, truncated=answer.truncated)
         error = f"{reason} (gave up after {self.max_retries} retries)"
         log.warning("request %d: %s", number, error)
         with self._lock:

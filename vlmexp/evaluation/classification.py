@@ -22,7 +22,8 @@ def binary_metrics(truth: Sequence[bool], pred: Sequence[bool]) -> dict[str, flo
 
 
 def latency_metrics(latencies: Sequence[float], wall_s: float | None = None) -> dict[str, float]:
-    """p50/p95 of per-sample latency, and throughput (samples per second of model time)."""
+    """p50/p95 of per-sample latency, and throughput: samples per second of ``wall_s`` (the wall time
+    they took), else of their summed latencies (which overcounts requests that were in flight together)."""
     if not latencies:
         return {}
     arr = np.asarray(latencies, float)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
@@ -39,7 +40,11 @@ class PredictionLoop:
                 # Asked each time: an engine may lower its batch size (after running out of memory).
                 size = max(1, self.batch_size or engine.preferred_batch_size())
                 batch = todo[start:start + size]
-                store.append(task.predict(engine, batch))
+                began = time.perf_counter()
+                records = task.predict(engine, batch)
+                for record in records:  # each record's share of the batch's wall time: throughput
+                    record["wall_s"] = (time.perf_counter() - began) / max(1, len(records))
+                store.append(records)
                 bar.update(len(batch))
                 start += len(batch)
         done = store.load()

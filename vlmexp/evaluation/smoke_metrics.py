@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from vlmexp.evaluation.classification import binary_metrics, latency_metrics
 from vlmexp.evaluation.detection import localisation_metrics
 from vlmexp.evaluation.sequences import sequence_metrics, ttd_score
+from vlmexp.evaluation.usage import wall_seconds
 
 # Standard video heights; an image goes to the one nearest its short side (160x120 -> 240p).
 RESOLUTION_BUCKETS = (240, 360, 480, 720, 1080, 1440, 2160)
@@ -75,7 +76,7 @@ class SmokeScoring:
             "num_images": float(len(evaluated)),
             "engine_errors": float(sum(1 for r in evaluated if r.get("error"))),
         })
-        metrics.update(latency_metrics([r["latency_s"] for r in evaluated]))
+        metrics.update(latency_metrics([r["latency_s"] for r in evaluated], wall_seconds(evaluated)))
         if self.localisation and scored:
             metrics.update(localisation_metrics(scored, self.iou_threshold))
         metrics.update(sequence_metrics(scored))

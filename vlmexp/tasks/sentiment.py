@@ -13,6 +13,7 @@ from vlmexp.data.sentiment import LABELS, SentimentVideo, load_golden_labels
 from vlmexp.data.video import SampledVideo, UnreadableVideo, sample_frames
 from vlmexp.errors import ConfigError
 from vlmexp.evaluation.classification import latency_metrics
+from vlmexp.evaluation.usage import usage_fields, wall_seconds
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, VideoPart, chat
 from vlmexp.tasks.base import Splits, Task
 from vlmexp.tasks.sentiment_answers import decide_by_score, parse_label
@@ -144,7 +145,7 @@ class SentimentTask(Task):
             answers.append({"predicted_label": label or self.fallback_label, "confidence": None,
                             "parse_ok": label is not None, "parsed_by": parsed.parsed_by if parsed else None,
                             "fallback": label is None, "raw": gen.text, "latency_s": gen.latency_s,
-                            "error": gen.error})
+                            "error": gen.error, **usage_fields(gen)})
         return answers
 
     def compute_metrics(self, records: list[dict]) -> dict[str, float]:
@@ -161,7 +162,7 @@ class SentimentTask(Task):
             "skipped_videos": float(len(records) - len(evaluated)),
         })
         latencies = [r["latency_s"] for r in evaluated]
-        timing = latency_metrics(latencies)
+        timing = latency_metrics(latencies, wall_seconds(evaluated))
         if timing:
             metrics.update({"latency_mean_s": sum(latencies) / len(latencies),
                             "latency_p50_s": timing["latency_p50_s"], "latency_p95_s": timing["latency_p95_s"],

@@ -13,6 +13,7 @@ from vlmexp.data.perturb import perturbation_seed, shake_and_blur, transform_box
 from vlmexp.data.smoke import SmokeFrame, load_smoke_dataset
 from vlmexp.errors import ConfigError
 from vlmexp.evaluation.smoke_metrics import SCORE_TERMS, SmokeScoring
+from vlmexp.evaluation.usage import usage_fields
 from vlmexp.messages import ChatRequest, ImagePart, Message, TextPart, chat
 from vlmexp.tasks.base import Splits, Task, TrainingExample
 from vlmexp.tasks.smoke_contract import RESPONSE_SCHEMA, format_smoke_answer, parse_smoke_answer
@@ -137,7 +138,7 @@ class SmokeTask(Task):
                 "width": size[0], "height": size[1], "truth": bool(boxes), "true_boxes": boxes,
                 "parse_ok": answer.parse_ok and gen.error is None, "pred": answer.has_smoke,
                 "pred_boxes": answer.boxes, "confidence": answer.confidence, "raw": gen.text,
-                "latency_s": gen.latency_s, "error": gen.error,
+                "latency_s": gen.latency_s, "error": gen.error, **usage_fields(gen),
             }
             records.append(record)
             if self.explain and record["parse_ok"] and record["pred"]:

@@ -19,6 +19,7 @@ from vlmexp.data.vqa import VQASample, load_vqa_file
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.evaluation.answers import is_exact_match
 from vlmexp.evaluation.classification import latency_metrics
+from vlmexp.evaluation.usage import usage_fields, wall_seconds
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
 from vlmexp.tasks.base import Splits, Task, TrainingExample
 
@@ -94,7 +95,7 @@ class VQATask(Task):
             records.append({"id": sample.id, "split": sample.split, "image": str(sample.path),
                             "question": sample.question, "answer": sample.answer, "prediction": gen.text,
                             "correct": is_exact_match(gen.text, sample.answer), "latency_s": gen.latency_s,
-                            "error": gen.error})
+                            "error": gen.error, **usage_fields(gen)})
         order = {sample.id: i for i, sample in enumerate(samples)}
         return sorted(records, key=lambda r: order[r["id"]])
 
@@ -113,7 +114,7 @@ class VQATask(Task):
                 metrics[f"{split}_questions"] = float(len(rows))
         metrics["skipped_corrupt_images"] = float(sum(1 for r in records if r.get("skipped")))
         metrics["engine_errors"] = float(sum(1 for r in answered if r.get("error")))
-        metrics.update(latency_metrics([r["latency_s"] for r in answered]))
+        metrics.update(latency_metrics([r["latency_s"] for r in answered], wall_seconds(answered)))
         return metrics
 
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
