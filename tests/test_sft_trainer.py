@@ -52,7 +52,7 @@ class ScriptedLossTrainer(SFTTrainer):
         super().__init__()
         self.curve, self.snapshots = list(curve), []
 
-    def _val_loss(self, model, loader, accelerator):
+    def _val_loss(self, model, loader, accelerator, adapter):
         weights = accelerator.unwrap_model(model).named_parameters()
         self.snapshots.append({n: p.detach().clone() for n, p in weights if p.requires_grad})
         return self.curve[len(self.snapshots) - 1]

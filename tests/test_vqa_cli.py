@@ -22,7 +22,7 @@ def test_malformed_line_stops_with_one_line_naming_file_and_line(tmp_path, cache
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {train}:2: not valid JSON (Expecting value at column 68)"]
+    assert errors == [f"error: {train}:2: not valid JSON (Expecting value at column 69)"]
 
 
 @pytest.mark.slow
