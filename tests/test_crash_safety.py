@@ -215,3 +215,29 @@ def test_a_damaged_sqlite_store_is_one_line_before_any_run(tmp_path, content, me
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()[-1:]
     assert line.startswith(f"error: {db}: {message}"), result.stderr
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_opens(tmp_path):
+    """SIGKILL in the middle of a write leaves a hot journal beside the store; the start-up check
+    rolls it back instead of refusing the store."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from vlmexp.tracking.sqlite_store import prepare_sqlite_store
+
+    db = tmp_path / "mlflow.db"
+    prepare_sqlite_store(f"sqlite:///{db}")
+    writer = ("import os, sqlite3, sys\n"
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "db.execute('PRAGMA journal_mode=DELETE')\n"
+              "db.execute('BEGIN IMMEDIATE')\n"
+              "db.execute(\"UPDATE experiments SET name = 'half-written'\")\n"
+              "db.execute('CREATE TABLE filler (x)')\n"
+              "db.executemany('INSERT INTO filler VALUES (?)', [(b'x' * 4096,)] * 2000)\n"
+              "os._exit(0)  # dies holding the transaction, as a SIGKILL would leave it\n")
+    subprocess.run([sys.executable, "-c", writer, str(db)], check=True)
+    assert (tmp_path / "mlflow.db-journal").exists()  # the hot journal a killed writer leaves
+    prepare_sqlite_store(f"sqlite:///{db}")  # no "attempt to write a readonly database"
+    assert [e.name for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]

@@ -51,8 +51,10 @@ def prepare_sqlite_store(tracking_uri: str) -> None:
 
 
 def _tables(path: Path) -> set[str]:
+    # Read-write: a writer killed mid-transaction leaves a hot journal, which only a connection that
+    # may write can roll back (a read-only one fails with "attempt to write a readonly database").
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as db:
             return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise TrackingError(f"{path}: not a usable MLflow store ({exc}); move it aside, or point "
