@@ -17,6 +17,7 @@ from vlmexp.atomic import write_text_atomic
 from vlmexp.config.validate import validate
 from vlmexp.content import HashCache, data_fingerprint
 from vlmexp.errors import VlmexpError
+from vlmexp.evaluation.bootstrap import confidence_intervals
 from vlmexp.evaluation.store import PredictionStore
 from vlmexp.evaluation.usage import usage_metrics
 from vlmexp.paths import expand
@@ -246,6 +247,8 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in identity.items() if k not in ctx.model_identity})
     ctx.tracker.set_tags(tags)
     metrics = task.compute_metrics(records)
+    ev = ctx.cfg.eval
+    metrics.update(confidence_intervals(task, records, ev.bootstrap, ctx.cfg.seed, ev.confidence))
     if "skipped_corrupt_images" in metrics:  # distinct samples unreadable in training or in evaluation
         skipped = {r["id"] for r in records if r.get("skipped")}
         metrics["skipped_corrupt_images"] = float(len(skipped | unreadable_in_training))
@@ -269,6 +272,17 @@ def _print_table(task, metrics: dict[str, float]) -> None:
         return
     width = max(len(k) for k in keys)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 10}"]
-    lines += [f"{k.ljust(width)}  {metrics[k]:.4f}" if isinstance(metrics[k], float) else
-              f"{k.ljust(width)}  {metrics[k]}" for k in keys]
+    lines += [f"{k.ljust(width)}  {format_value(metrics, k)}" for k in keys]
     print("\n".join(lines))
+
+
+def format_value(metrics: dict, key: str, digits: int = 4) -> str:
+    """``0.8300 [0.7600, 0.8900]`` where the metric has a confidence interval, else the value."""
+    value = metrics[key]
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.{digits}f}"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is not None and high is not None:
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text

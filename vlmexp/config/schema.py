@@ -125,6 +125,14 @@ class PathsConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How results are reported (not what is predicted: left out of the config fingerprint)."""
+
+    bootstrap: int = 1000  # resamples for the confidence intervals of headline metrics; 0 turns them off
+    confidence: float = 0.95
+
+
+@dataclass
 class RunConfig:
     mode: Mode = MISSING
     seed: int = 42
@@ -138,6 +146,7 @@ class RunConfig:
     # Typed by the trainer group option (conf/trainer/: sft, classifier), which each task selects.
     train: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:

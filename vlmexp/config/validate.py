@@ -35,7 +35,8 @@ def check_target_keys(node: DictConfig, key: str, *, exclude: tuple[str, ...] = 
             raise ConfigError(f"{key}.{name}: unknown key for {cls.__name__} (known keys: {options})")
 
 
-_TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths"}
+_TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths",
+              "eval"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -64,6 +65,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={train.lr}: must be > 0")
     if train.patience < 1:
         raise ConfigError(f"train.patience={train.patience}: must be >= 1")
+    ev = cfg.get("eval")
+    if ev is not None and ev.bootstrap < 0:
+        raise ConfigError(f"eval.bootstrap={ev.bootstrap}: must be >= 0 resamples (0 turns intervals off)")
+    if ev is not None and not 0 < ev.confidence < 1:
+        raise ConfigError(f"eval.confidence={ev.confidence}: must be in (0, 1)")
     check_target_keys(cfg.engine, "engine")
     check_target_keys(cfg.logger, "logger")
     _check_trainer_settings(cfg, mode)

@@ -88,3 +88,40 @@ class SmokeScoring:
             metrics.update({"ttd_score": terms["time_to_detect"], "latency_score": terms["latency"]})
             metrics["early_fire_score"] = early_fire_score(terms, self.score_weights)
         return {k: v for k, v in metrics.items() if v is not None}
+
+
+def smoke_resampling(scoring: SmokeScoring, records: Sequence[dict], suffix: str = ""):
+    """f1, recall, false_positive_rate and early_fire_score (each + ``suffix``) of weighted records,
+    resampled by sequence (frames of one sequence are drawn together; a single image alone)."""
+    import numpy as np
+
+    from vlmexp.evaluation.bootstrap import Resampling, binary_rates, weighted_percentile, weighted_score
+    from vlmexp.evaluation.sequences import sequence_outcomes
+
+    evaluated = [r for r in records if not r.get("skipped")]
+    kept = np.array([r["parse_ok"] or scoring.bad_json != "discard" for r in evaluated], bool)
+    truth = [r["truth"] for r in evaluated]
+    pred = [bool(r["pred"] and r["parse_ok"]) for r in evaluated]
+    latency = [r["latency_s"] for r in evaluated]
+    units = [r["sequence"] if r.get("sequence") is not None else ("image", r["id"]) for r in evaluated]
+    order = list(dict.fromkeys(units))  # the unit indices Resampling.indices gives
+    outcomes = {o.sequence: o for o in sequence_outcomes(scoring.scored(evaluated))}
+    in_sequence = np.array([u in outcomes for u in order], float)
+    smoky = np.array([u in outcomes and outcomes[u].has_smoke for u in order], float)
+    early = np.array([1.0 / (1 + outcomes[u].ttd_frames) if u in outcomes and outcomes[u].detected else 0.0
+                      for u in order])
+    alarm = np.array([u in outcomes and outcomes[u].false_alarm for u in order], float)
+    weights = scoring.score_weights
+
+    def statistic(W: np.ndarray, C: np.ndarray) -> dict[str, np.ndarray]:
+        rates = binary_rates(W * kept, truth, pred)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            early_share = np.where(C @ smoky > 0, (C @ (smoky * early)) / (C @ smoky), np.nan)
+            quiet = 1.0 - np.where(C @ in_sequence > 0, (C @ alarm) / (C @ in_sequence), 0.0)
+        latency_term = scoring.latency_budget_s / (scoring.latency_budget_s + weighted_percentile(W, latency, 50))
+        terms = {"detection": rates["f1"], "time_to_detect": early_share * quiet, "latency": latency_term}
+        values = {k: rates[k] for k in ("f1", "recall", "false_positive_rate")}
+        values["early_fire_score"] = weighted_score(terms, weights)
+        return {f"{k}{suffix}": v for k, v in values.items()}
+
+    return Resampling(units, statistic)

@@ -72,3 +72,9 @@ class Task(ABC):
     def summary_keys(self) -> list[str]:
         """Metrics shown in the terminal's results table."""
         return []
+
+    def resamplings(self, records: list[dict]) -> list:
+        """How to bootstrap this task's headline metrics (:class:`vlmexp.evaluation.bootstrap.Resampling`
+        items, each giving some of the metrics ``compute_metrics`` gives, from weighted records); the
+        runner logs their intervals as ``<metric>_ci_low`` / ``<metric>_ci_high``. None by default."""
+        return []

@@ -168,6 +168,23 @@ class BinaryTask(Task):
                         "skipped_corrupt_images": float(sum(1 for r in records if r.get("skipped")))})
         return metrics
 
+    def resamplings(self, records: list[dict]) -> list:
+        """accuracy, f1 and roc_auc (where both classes are present), resampled by sample."""
+        from vlmexp.evaluation.bootstrap import Resampling, binary_rates, roc_auc
+
+        scored = [r for r in records if not r.get("skipped")]
+        truth, pred = [r["truth"] == 1 for r in scored], [r["pred"] == 1 for r in scored]
+        prob, both = [r["prob"] for r in scored], len(set(truth)) == 2
+
+        def statistic(W, C):
+            rates = binary_rates(W, truth, pred)
+            values = {"accuracy": rates["accuracy"], "f1": rates["f1"]}
+            if both:
+                values["roc_auc"] = roc_auc(W, truth, prob)
+            return values
+
+        return [Resampling([r["id"] for r in scored], statistic)]
+
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
         from vlmexp.plots import confusion_matrix_png, roc_curve_png
 

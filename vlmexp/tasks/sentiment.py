@@ -169,6 +169,14 @@ class SentimentTask(Task):
                             "throughput_videos_per_s": timing["throughput_images_per_s"]})
         return metrics
 
+    def resamplings(self, records: list[dict]) -> list:
+        """weighted_accuracy and f1_weighted, resampled by video."""
+        from vlmexp.evaluation.bootstrap import Resampling, label_rates
+
+        evaluated = [r for r in records if not r.get("skipped")]
+        truth, pred = [r["true_label"] for r in evaluated], [r["predicted_label"] for r in evaluated]
+        return [Resampling([r["id"] for r in evaluated], lambda W, C: label_rates(W, truth, pred))]
+
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
         from vlmexp.plots import confusion_matrix_png
         from vlmexp.tasks.sentiment_report import (

@@ -170,6 +170,16 @@ class SmokeTask(Task):
                 metrics.update({f"{k}{suffix}": v for k, v in self.scoring.metrics(subset).items()})
         return metrics
 
+    def resamplings(self, records: list[dict]) -> list:
+        from vlmexp.evaluation.smoke_metrics import smoke_resampling
+
+        out = []
+        for variant, suffix in VARIANTS:
+            subset = [r for r in records if r.get("variant", "clean") == variant]
+            if subset:
+                out.append(smoke_resampling(self.scoring, subset, suffix))
+        return out
+
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
         from vlmexp.evaluation.smoke_artifacts import gallery_png, predictions_csv
         from vlmexp.plots import confusion_matrix_png

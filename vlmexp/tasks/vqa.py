@@ -117,6 +117,19 @@ class VQATask(Task):
         metrics.update(latency_metrics([r["latency_s"] for r in answered], wall_seconds(answered)))
         return metrics
 
+    def resamplings(self, records: list[dict]) -> list:
+        """Exact match of each split, resampled by question."""
+        import numpy as np
+
+        from vlmexp.evaluation.bootstrap import Resampling, weighted_mean
+
+        answered = [r for r in records if not r.get("skipped")]
+        correct = [float(is_exact_match(r["prediction"], r["answer"])) for r in answered]
+        splits = {key: np.array([r["split"] == split for r in answered], float)
+                  for split, key in _EXACT_MATCH_KEYS.items() if any(r["split"] == split for r in answered)}
+        return [Resampling([r["id"] for r in answered],
+                           lambda W, C: {key: weighted_mean(W * mask, correct) for key, mask in splits.items()})]
+
     def write_artifacts(self, records: list[dict], metrics: dict[str, float], out_dir: Path) -> list[Path]:
         """``vqa_samples.csv``: every evaluated question with its answer and the model's prediction."""
         path = out_dir / "vqa_samples.csv"
