@@ -36,7 +36,15 @@ def _job(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+#: ``vlmexp <name> ...``: commands over finished runs, beside the Hydra entry point (``vlmexp key=value``).
+SUBCOMMANDS = {"compare": "vlmexp.compare", "report": "vlmexp.report"}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        import importlib
+
+        sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     register_configs()
     register_experiments()
     preflight(str(conf_dir()))

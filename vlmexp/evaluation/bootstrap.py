@@ -162,3 +162,29 @@ def confidence_intervals(task, records: list[dict], resamples: int, seed: int,
     for resampling in task.resamplings(records):
         out.update(intervals(resampling, resamples, seed, confidence))
     return out
+
+
+def paired_differences(a: Resampling, b: Resampling, resamples: int, seed: int, confidence: float = 0.95,
+                       batch: int = 250) -> dict[str, dict[str, float]]:
+    """For each metric both give, on the same units (one draw for both runs): ``a``, ``b``,
+    ``diff`` (b - a) and, with resamples, ``ci_low``/``ci_high`` of the difference."""
+    codes, units = a.indices()
+    point_a, point_b = point_values(a), point_values(b)
+    names = [k for k in point_a if k in point_b]
+    out = {k: {"a": point_a[k], "b": point_b[k], "diff": point_b[k] - point_a[k]} for k in names}
+    if resamples <= 0 or units < 2:
+        return out
+    counts = resample_counts(units, resamples, seed)
+    diffs: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for start in range(0, resamples, batch):
+        block = counts[start:start + batch]
+        va, vb = a.statistic(block[:, codes], block), b.statistic(block[:, codes], block)
+        for k in names:
+            diffs[k].append(np.asarray(vb[k], float) - np.asarray(va[k], float))
+    alpha = (1.0 - confidence) / 2
+    for k in names:
+        values = np.concatenate(diffs[k])
+        if not np.isnan(values).all():
+            low, high = np.nanquantile(values, [alpha, 1.0 - alpha])
+            out[k].update(ci_low=float(low), ci_high=float(high))
+    return out

@@ -19,6 +19,15 @@ class TrainingExample:
     load: Any  # () -> tuple[ChatRequest, str]
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One sample's decision, as ``vlmexp compare`` pairs them: the answer and the truth as text."""
+
+    answer: str
+    truth: str
+    correct: bool
+
+
 @dataclass
 class Splits:
     train: list | None
@@ -78,3 +87,11 @@ class Task(ABC):
         items, each giving some of the metrics ``compute_metrics`` gives, from weighted records); the
         runner logs their intervals as ``<metric>_ci_low`` / ``<metric>_ci_high``. None by default."""
         return []
+
+    def verdict(self, record: dict) -> Verdict | None:
+        """The sample's decision and whether it is right (None: not scored, e.g. skipped)."""
+        return None
+
+    def record_image(self, record: dict):
+        """The image of a record as the model saw it (a PIL image), for galleries; None without one."""
+        return None

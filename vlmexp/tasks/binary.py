@@ -19,7 +19,7 @@ from vlmexp.data.images import UnreadableImage, open_image
 from vlmexp.data.jsonl import MissingImages
 from vlmexp.errors import ConfigError
 from vlmexp.models.classifier_spec import HeadConfig, classification_request
-from vlmexp.tasks.base import Splits, Task, TrainingExample
+from vlmexp.tasks.base import Splits, Task, TrainingExample, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,18 @@ class BinaryTask(Task):
         metrics.update({"num_samples": float(len(scored)),
                         "skipped_corrupt_images": float(sum(1 for r in records if r.get("skipped")))})
         return metrics
+
+    def verdict(self, record: dict) -> Verdict | None:
+        if record.get("skipped"):
+            return None
+        names = self.class_names
+        return Verdict(names[record["pred"]], names[record["truth"]], record["pred"] == record["truth"])
+
+    def record_image(self, record: dict):
+        try:
+            return open_image(record["image_path"]) if record.get("image_path") else None
+        except UnreadableImage:
+            return None
 
     def resamplings(self, records: list[dict]) -> list:
         """accuracy, f1 and roc_auc (where both classes are present), resampled by sample."""

@@ -15,7 +15,7 @@ from vlmexp.errors import ConfigError
 from vlmexp.evaluation.classification import latency_metrics
 from vlmexp.evaluation.usage import usage_fields, wall_seconds
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, VideoPart, chat
-from vlmexp.tasks.base import Splits, Task
+from vlmexp.tasks.base import Splits, Task, Verdict
 from vlmexp.tasks.sentiment_answers import decide_by_score, parse_label
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,12 @@ class SentimentTask(Task):
                             "latency_p50_s": timing["latency_p50_s"], "latency_p95_s": timing["latency_p95_s"],
                             "throughput_videos_per_s": timing["throughput_images_per_s"]})
         return metrics
+
+    def verdict(self, record: dict) -> Verdict | None:
+        if record.get("skipped"):
+            return None
+        return Verdict(record["predicted_label"], record["true_label"],
+                       record["predicted_label"] == record["true_label"])
 
     def resamplings(self, records: list[dict]) -> list:
         """weighted_accuracy and f1_weighted, resampled by video."""

@@ -15,7 +15,7 @@ from vlmexp.errors import ConfigError
 from vlmexp.evaluation.smoke_metrics import SCORE_TERMS, SmokeScoring
 from vlmexp.evaluation.usage import usage_fields
 from vlmexp.messages import ChatRequest, ImagePart, Message, TextPart, chat
-from vlmexp.tasks.base import Splits, Task, TrainingExample
+from vlmexp.tasks.base import Splits, Task, TrainingExample, Verdict
 from vlmexp.tasks.smoke_contract import RESPONSE_SCHEMA, format_smoke_answer, parse_smoke_answer
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,16 @@ class SmokeTask(Task):
             if gallery:
                 paths.append(gallery)
         return paths
+
+    def verdict(self, record: dict) -> Verdict | None:
+        if record.get("skipped") or (not record["parse_ok"] and self.scoring.bad_json == "discard"):
+            return None
+        pred = bool(record["pred"] and record["parse_ok"])
+        label = {True: "smoke", False: "no smoke"}
+        return Verdict(label[pred], label[bool(record["truth"])], pred == bool(record["truth"]))
+
+    def record_image(self, record: dict):
+        return self._gallery_image(record) if record.get("path") else None
 
     def _gallery_image(self, record: dict):
         try:

@@ -21,7 +21,7 @@ from vlmexp.evaluation.answers import is_exact_match
 from vlmexp.evaluation.classification import latency_metrics
 from vlmexp.evaluation.usage import usage_fields, wall_seconds
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
-from vlmexp.tasks.base import Splits, Task, TrainingExample
+from vlmexp.tasks.base import Splits, Task, TrainingExample, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,18 @@ class VQATask(Task):
         metrics["engine_errors"] = float(sum(1 for r in answered if r.get("error")))
         metrics.update(latency_metrics([r["latency_s"] for r in answered], wall_seconds(answered)))
         return metrics
+
+    def verdict(self, record: dict) -> Verdict | None:
+        if record.get("skipped"):
+            return None
+        return Verdict(record["prediction"].strip(), record["answer"],
+                       is_exact_match(record["prediction"], record["answer"]))
+
+    def record_image(self, record: dict):
+        try:
+            return open_image(record["image"]) if record.get("image") else None
+        except UnreadableImage:
+            return None
 
     def resamplings(self, records: list[dict]) -> list:
         """Exact match of each split, resampled by question."""
