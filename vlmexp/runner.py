@@ -185,6 +185,9 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs
             "vlmexp.data_fingerprint": inputs["data_fingerprint"], "vlmexp.work_dir": str(ctx.work_dir),
             "vlmexp.mode": ctx.mode, "vlmexp.task": cfg.task.name, "vlmexp.model": cfg.model.name}
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in inputs["model_identity"].items()})
+    presets = [o.split("=", 1)[1] for o in overrides or [] if o.lstrip("+").startswith("experiment=")]
+    if presets:
+        tags["vlmexp.preset"] = presets[-1]
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     tracker.set_tags(tags)
     config_file = ctx.output_dir / "resolved_config.yaml"

@@ -43,6 +43,8 @@ class Task(ABC):
 
     #: Modes this task can run; the runner refuses others with one clear line.
     modes: tuple[str, ...] = ("train", "eval", "train_eval")
+    #: The metric leaderboards rank by (``vlmexp report``).
+    main_metric: str | None = None
     #: ``data.<key>`` entries this task reads as files or folders; each is checked to exist up front.
     path_keys: tuple[str, ...] = ()
 

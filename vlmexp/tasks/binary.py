@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class BinaryTask(Task):
+    main_metric = "accuracy"
     path_keys = ("train_file", "val_file", "test_file")
 
     def __init__(self, name: str = "binary", default_mode: str = "train_eval", trainer=None, evaluator=None, *,

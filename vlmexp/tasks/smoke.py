@@ -25,6 +25,7 @@ VARIANTS = (("clean", ""), ("robust", "_robust"))
 
 
 class SmokeTask(Task):
+    main_metric = "f1"
     path_keys = ("root", "train_root", "val_root")
 
     def __init__(self, name: str = "smoke", default_mode: str = "eval", trainer=None, evaluator=None, *,
