@@ -43,6 +43,7 @@ class RunContext:
     checkpoint: str | None = None
     metrics: dict = field(default_factory=dict)
     model_identity: dict = field(default_factory=dict)  # the model as served, part of work_dir's key
+    tags: dict = field(default_factory=dict)  # the tags set on the tracking run (summary.md reads them)
 
     @property
     def mode(self) -> str:
@@ -190,6 +191,7 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs
         tags["vlmexp.preset"] = presets[-1]
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     tracker.set_tags(tags)
+    ctx.tags.update(tags)
     config_file = ctx.output_dir / "resolved_config.yaml"
     config_file.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     overrides_file = ctx.output_dir / "overrides.yaml"
@@ -220,6 +222,9 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
             engine = task.evaluation_engine(ctx)
         metrics.update(_evaluate(ctx, task, engine, splits.test, unreadable))
     _print_table(task, metrics)
+    from vlmexp.summary import write_summary
+
+    ctx.tracker.log_artifact(write_summary(ctx, task, splits, metrics))
     return metrics
 
 
@@ -249,6 +254,7 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
     # What only the evaluation revealed (an OpenAI server's system_fingerprint).
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in identity.items() if k not in ctx.model_identity})
     ctx.tracker.set_tags(tags)
+    ctx.tags.update(tags)
     metrics = task.compute_metrics(records)
     ev = ctx.cfg.eval
     metrics.update(confidence_intervals(task, records, ev.bootstrap, ctx.cfg.seed, ev.confidence))
