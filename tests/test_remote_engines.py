@@ -14,6 +14,7 @@ from PIL import Image
 from tests.conftest import compose_config
 from tests.fake_servers import FakeServer, closed_port, echo
 from tests.helpers import image_key
+from vlmexp.engines.remote import resize_to_budget
 from vlmexp.errors import ConfigError, EngineError
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
 from vlmexp.runner import RunContext
@@ -75,11 +76,14 @@ def test_ollama_request_shape(server, tmp_path):
     system, user = body["messages"]
     assert system == {"role": "system", "content": "You detect smoke."}
     assert user["role"] == "user" and user["content"] == "Smoke?" and len(user["images"]) == 1
-    assert list(decoded(user["images"][0]).getdata()) == list(image.getdata())  # lossless
+    # resized to model=qwen7b's budget as the HF processor does (40x30 -> 532x392: 266 visual tokens), lossless
+    sent = resize_to_budget(image, 256 * 28 * 28, 1280 * 28 * 28)
+    assert sent.size == (532, 392) and first.image_sizes == [(532, 392)]
+    assert list(decoded(user["images"][0]).getdata()) == list(sent.getdata())
     assert server.chats[1]["body"]["options"]["num_predict"] == 256  # engine.num_predict when the task sets none
 
-    expected = echo(smoke_request(image))
-    assert first.text == expected.text and json.loads(first.text)["image"] == image_key(image)
+    expected = echo(smoke_request(sent))
+    assert first.text == expected.text and json.loads(first.text)["image"] == image_key(sent)
     assert (first.prompt_tokens, first.completion_tokens) == (expected.prompt_tokens, expected.completion_tokens)
     assert first.error is None and first.latency_s > 0
     assert json.loads(second.text)["text"] == "Again?"
@@ -116,8 +120,17 @@ def test_openai_request_shape_and_key(server, tmp_path, monkeypatch):
     assert text_part == {"type": "text", "text": "Smoke?"}
     url = image_part["image_url"]["url"]
     assert image_part["type"] == "image_url" and url.startswith("data:image/png;base64,")
-    assert list(decoded(url.split(",", 1)[1]).getdata()) == list(image.getdata())
-    assert json.loads(answer.text)["image"] == image_key(image) and answer.error is None
+    sent = resize_to_budget(image, 256 * 28 * 28, 1280 * 28 * 28)
+    assert list(decoded(url.split(",", 1)[1]).getdata()) == list(sent.getdata())
+    assert json.loads(answer.text)["image"] == image_key(sent) and answer.error is None
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_resize_false_sends_the_original_image(api, server, tmp_path):
+    engine = engine_for(api, server, tmp_path, "engine.resize=false")
+    image = picture(5)
+    (answer,) = engine.generate([smoke_request(image)])
+    assert json.loads(answer.text)["image"] == image_key(image) and answer.image_sizes == [(40, 30)]
 
 
 def test_openai_model_name_override(server, tmp_path):
@@ -142,7 +155,9 @@ def test_requests_in_flight_and_answer_order(api, tmp_path):
     assert server.max_in_flight == 3
     assert len(server.chats) == n
     assert [json.loads(a.text)["text"] for a in answers] == [f"q{k}" for k in range(n)]
-    assert [json.loads(a.text)["image"] for a in answers] == [image_key(picture(k)) for k in range(n)]
+    budget = engine.pixel_budget
+    assert [json.loads(a.text)["image"] for a in answers] == [image_key(resize_to_budget(picture(k), *budget))
+                                                              for k in range(n)]
 
 
 # -- faults ---------------------------------------------------------------------------------------

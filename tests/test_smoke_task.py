@@ -89,7 +89,9 @@ def _run(early_fire, tmp_path, *extra):
 
 def test_every_metric_matches_the_hand_computed_value(early_fire, tmp_path):
     metrics = _run(early_fire, tmp_path)
-    assert set(metrics) == set(EXPECTED) | {"eval_wall_s", "throughput_images_per_s"}
+    intervals = {f"{k}_ci_{end}" for k in ("f1", "recall", "false_positive_rate", "early_fire_score")
+                 for end in ("low", "high")}
+    assert set(metrics) == set(EXPECTED) | {"eval_wall_s", "throughput_images_per_s"} | intervals
     for key, value in EXPECTED.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
     # throughput: frames per second of the wall time their batches took (each record holds its share)

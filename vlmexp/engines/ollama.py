@@ -61,8 +61,10 @@ class OllamaEngine(RemoteEngine):
     def __init__(self, host: str | None = None, model_tag: str | None = None, pull: bool = False,
                  concurrency: int = 1, timeout_s: float = 180.0, max_retries: int = 3, backoff_s: float = 1.0,
                  max_consecutive_failures: int = 3, temperature: float = 0.0, num_ctx: int | None = 8192,
-                 num_predict: int | None = 256, keep_alive: str | float | None = "5m", *, run=None):
+                 num_predict: int | None = 256, keep_alive: str | float | None = "5m", resize: bool = True, *,
+                 run=None):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
+        self.resize_for(run, resize)
         import httpx
         import ollama
 

@@ -57,8 +57,9 @@ class OpenAIEngine(RemoteEngine):
     def __init__(self, base_url: str = "http://localhost:8000/v1", model_name: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 4, timeout_s: float = 180.0,
                  max_retries: int = 3, backoff_s: float = 1.0, max_consecutive_failures: int = 3,
-                 temperature: float = 0.0, max_tokens: int | None = 256, *, run=None):
+                 temperature: float = 0.0, max_tokens: int | None = 256, resize: bool = True, *, run=None):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
+        self.resize_for(run, resize)
         import openai
 
         self.model_name = self.model_setting(run, model_name, "hf_id", "model_name",

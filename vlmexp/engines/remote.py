@@ -70,6 +70,41 @@ def png_base64(image) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
+#: Qwen2/2.5-VL's resize unit: 14-pixel patches merged 2x2 (the HF processor's patch_size * merge_size).
+IMAGE_FACTOR = 28
+
+
+def resize_to_budget(image, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR):
+    """The image as the HF processor resizes it before the model sees it: qwen-vl-utils' ``smart_resize``
+    (sides multiples of ``factor``, pixels within the budget, aspect kept), then the processor's own
+    resampling (torchvision, bicubic, antialiased, on uint8), so that the pixels are the same too."""
+    from qwen_vl_utils import smart_resize
+
+    height, width = smart_resize(image.height, image.width, factor, min_pixels, max_pixels)
+    if (width, height) == image.size:
+        return image
+    from torchvision.transforms.v2 import functional as tvF
+
+    tensor = tvF.pil_to_tensor(image.convert("RGB"))
+    resized = tvF.resize(tensor, [height, width], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    return tvF.to_pil_image(resized)
+
+
+def resized_request(request: ChatRequest, min_pixels: int, max_pixels: int) -> ChatRequest:
+    """``request`` with every image and video frame resized to the model's pixel budget."""
+    from dataclasses import replace
+
+    def part(p):
+        if isinstance(p, ImagePart):
+            return ImagePart(resize_to_budget(p.image, min_pixels, max_pixels))
+        if isinstance(p, VideoPart):
+            return replace(p, frames=[resize_to_budget(f, min_pixels, max_pixels) for f in p.frames])
+        return p
+
+    messages = [Message(m.role, [part(p) for p in m.content]) for m in request.messages]
+    return replace(request, messages=messages)
+
+
 def message_images(message: Message) -> list:
     """The images of a message in order; a video's frames count as images (no server takes video)."""
     images = []
@@ -118,7 +153,14 @@ class RemoteEngine(Engine):
         self._gone: str | None = None
         self._busy_s = 0.0
         self._numbered = 0  # requests handed to generate() so far: numbers them in the log
+        self.pixel_budget: tuple[int, int] | None = None  # (min_pixels, max_pixels) images are resized to
 
+    def resize_for(self, run, resize: bool) -> None:
+        """With ``resize`` (engine.resize), send images resized to the run's model.min_pixels/max_pixels,
+        so the server sees what the HF engine's processor makes (a server resizing by its own defaults
+        shows the model other pixels, and boxes in pixels of the sent image come back right)."""
+        if resize and run is not None:
+            self.pixel_budget = (int(run.cfg.model.min_pixels), int(run.cfg.model.max_pixels))
     @staticmethod
     def model_setting(run, explicit: str | None, model_key: str, engine_key: str, hint: str) -> str:
         """``engine.<engine_key>`` if given, else ``model.<model_key>``; else a one-line ConfigError."""
@@ -144,6 +186,8 @@ class RemoteEngine(Engine):
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         if self._gone:
             raise EngineError(self._gone)
+        if self.pixel_budget is not None:
+            requests = [resized_request(r, *self.pixel_budget) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
         pending = iter(range(len(requests)))
         first_number, self._numbered = self._numbered, self._numbered + len(requests)
@@ -211,7 +255,8 @@ class RemoteEngine(Engine):
                 self.totals["completion_tokens"] += answer.completion_tokens or 0
                 self.totals.update(answer.timings)
             return Generation(text=answer.text.strip(), latency_s=latency, prompt_tokens=answer.prompt_tokens,
-                              completion_tokens=answer.completion_tokens, truncated=answer.truncated)
+                              completion_tokens=answer.completion_tokens, truncated=answer.truncated,
+                              image_sizes=[tuple(i.size) for m in request.messages for i in message_images(m)])
         error = f"{reason} (gave up after {self.max_retries} retries)"
         log.warning("request %d: %s", number, error)
         with self._lock:
