@@ -4,6 +4,11 @@ Records carry ``sequence`` (None for single images), ``frame`` (position in the 
 ``time_s`` (seconds from the FIgLib offset, or None), ``truth`` and ``pred`` (the scored decision).
 Frames missing from the records (skipped or discarded) are simply absent: delays count the frames
 that were evaluated.
+
+Alarm persistence (sai-benchmark's ``persistence_frames``): the alarm is raised at a frame when at
+least ``k`` of the last ``n`` evaluated frames (that one included) were predicted smoke; time-to-detect
+runs to the first alarm at or after the first smoke frame, and a false alarm is one raised before it.
+``k = n = 1`` is a single smoke prediction.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ class SequenceOutcome:
         return self.ttd_frames is not None
 
 
-def sequence_outcomes(records: Sequence[dict]) -> list[SequenceOutcome]:
+def alarms(preds: Sequence[bool], k: int = 1, n: int = 1) -> list[bool]:
+    """Per frame: were at least ``k`` of the last ``n`` predictions (this one included) smoke?"""
+    return [sum(bool(p) for p in preds[max(0, i - n + 1):i + 1]) >= k for i in range(len(preds))]
+
+
+def sequence_outcomes(records: Sequence[dict], k: int = 1, n: int = 1) -> list[SequenceOutcome]:
     by_sequence: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("sequence") is not None:
@@ -34,11 +44,12 @@ def sequence_outcomes(records: Sequence[dict]) -> list[SequenceOutcome]:
     outcomes = []
     for name, frames in by_sequence.items():
         frames = sorted(frames, key=lambda r: r["frame"])
+        raised = alarms([r["pred"] for r in frames], k, n)
         first = next((i for i, r in enumerate(frames) if r["truth"]), None)
-        before = frames if first is None else frames[:first]
-        outcome = SequenceOutcome(name, first is not None, any(r["pred"] for r in before))
+        before = raised if first is None else raised[:first]
+        outcome = SequenceOutcome(name, first is not None, any(before))
         if first is not None:
-            hit = next((i for i in range(first, len(frames)) if frames[i]["pred"]), None)
+            hit = next((i for i in range(first, len(frames)) if raised[i]), None)
             if hit is not None:
                 outcome.ttd_frames = hit - first
                 t0, t1 = frames[first].get("time_s"), frames[hit].get("time_s")
@@ -48,10 +59,10 @@ def sequence_outcomes(records: Sequence[dict]) -> list[SequenceOutcome]:
     return outcomes
 
 
-def sequence_metrics(records: Sequence[dict]) -> dict[str, float]:
+def sequence_metrics(records: Sequence[dict], k: int = 1, n: int = 1) -> dict[str, float]:
     """``ttd_frames_mean``/``ttd_seconds_mean`` over detected sequences (left out when there are none),
     ``sequences_detected``, ``sequences_missed``, ``false_alarm_sequences``; empty without sequences."""
-    outcomes = sequence_outcomes(records)
+    outcomes = sequence_outcomes(records, k, n)
     if not outcomes:
         return {}
     detected = [o for o in outcomes if o.detected]
@@ -66,11 +77,11 @@ def sequence_metrics(records: Sequence[dict]) -> dict[str, float]:
     return metrics
 
 
-def ttd_score(records: Sequence[dict]) -> float | None:
+def ttd_score(records: Sequence[dict], k: int = 1, n: int = 1) -> float | None:
     """The time-to-detect term of the early-fire score, 0..1: the mean over sequences with smoke of
     ``1 / (1 + ttd_frames)`` (a missed sequence scores 0), times the share of sequences without a false
     alarm, so that answering "smoke" everywhere does not look early. None without smoke sequences."""
-    outcomes = sequence_outcomes(records)
+    outcomes = sequence_outcomes(records, k, n)
     smoky = [o for o in outcomes if o.has_smoke]
     if not smoky:
         return None

@@ -58,6 +58,8 @@ class SmokeScoring:
     score_weights: dict[str, float] = field(default_factory=lambda: dict(detection=0.5, time_to_detect=0.3,
                                                                           latency=0.2))
     latency_budget_s: float = 1.0
+    alarm_k: int = 1  # the alarm: at least k of the last n frames of a sequence predicted smoke
+    alarm_n: int = 1
 
     def scored(self, records: Sequence[dict]) -> list[dict]:
         """The evaluated records that count, with BAD_JSON answers handled as configured."""
@@ -79,11 +81,11 @@ class SmokeScoring:
         metrics.update(latency_metrics([r["latency_s"] for r in evaluated], wall_seconds(evaluated)))
         if self.localisation and scored:
             metrics.update(localisation_metrics(scored, self.iou_threshold))
-        metrics.update(sequence_metrics(scored))
+        metrics.update(sequence_metrics(scored, self.alarm_k, self.alarm_n))
         if self.calibration:
             metrics.update(fpr_by_resolution(scored))
         if scored:
-            terms = {"detection": metrics["f1"], "time_to_detect": ttd_score(scored),
+            terms = {"detection": metrics["f1"], "time_to_detect": ttd_score(scored, self.alarm_k, self.alarm_n),
                      "latency": latency_score(metrics["latency_p50_s"], self.latency_budget_s)}
             metrics.update({"ttd_score": terms["time_to_detect"], "latency_score": terms["latency"]})
             metrics["early_fire_score"] = early_fire_score(terms, self.score_weights)
@@ -105,7 +107,8 @@ def smoke_resampling(scoring: SmokeScoring, records: Sequence[dict], suffix: str
     latency = [r["latency_s"] for r in evaluated]
     units = [r["sequence"] if r.get("sequence") is not None else ("image", r["id"]) for r in evaluated]
     order = list(dict.fromkeys(units))  # the unit indices Resampling.indices gives
-    outcomes = {o.sequence: o for o in sequence_outcomes(scoring.scored(evaluated))}
+    outcomes = {o.sequence: o for o in sequence_outcomes(scoring.scored(evaluated), scoring.alarm_k,
+                                                         scoring.alarm_n)}
     in_sequence = np.array([u in outcomes for u in order], float)
     smoky = np.array([u in outcomes and outcomes[u].has_smoke for u in order], float)
     early = np.array([1.0 / (1 + outcomes[u].ttd_frames) if u in outcomes and outcomes[u].detected else 0.0

@@ -35,7 +35,7 @@ class SmokeTask(Task):
                  robustness_seed: int = 0, robustness_shake: float = 0.03, robustness_blur: float = 0.02,
                  explain: bool = False, explain_prompt: str = "Explain your JSON in 20 words.",
                  explain_max_new_tokens: int = 64, score_weights: Mapping[str, float] | None = None,
-                 latency_budget_s: float = 1.0, gallery_size: int = 12):
+                 latency_budget_s: float = 1.0, gallery_size: int = 12, alarm: Mapping[str, int] | None = None):
         super().__init__(name, default_mode, trainer, evaluator)
         self.system_prompt, self.user_prompt = system_prompt, user_prompt
         self.smoke_classes = list(smoke_classes)
@@ -45,7 +45,10 @@ class SmokeTask(Task):
         self.explain, self.explain_prompt, self.explain_max_new_tokens = explain, explain_prompt, explain_max_new_tokens
         self.gallery_size = gallery_size
         weights = dict(score_weights) if score_weights is not None else SmokeScoring().score_weights
-        self.scoring = SmokeScoring(bad_json, iou_threshold, calibration, localisation, weights, latency_budget_s)
+        alarm = dict(alarm or {})
+        self.alarm_keys = set(alarm) - {"k", "n"}
+        self.scoring = SmokeScoring(bad_json, iou_threshold, calibration, localisation, weights, latency_budget_s,
+                                    alarm.get("k", 1), alarm.get("n", 1))
 
     def check_settings(self) -> None:
         """Raise ConfigError naming the first bad task key. Called by load_splits, the runner's first call,
@@ -59,6 +62,11 @@ class SmokeTask(Task):
         if set(weights) - set(SCORE_TERMS) or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
             raise ConfigError(f"task.score_weights={weights}: expected non-negative weights for "
                               f"{', '.join(SCORE_TERMS)} with a positive sum")
+        if self.alarm_keys:
+            raise ConfigError(f"task.alarm.{sorted(self.alarm_keys)[0]}: unknown key (known: k, n)")
+        if not (isinstance(s.alarm_k, int) and isinstance(s.alarm_n, int) and 1 <= s.alarm_k <= s.alarm_n):
+            raise ConfigError(f"task.alarm: k={s.alarm_k} of n={s.alarm_n} frames: expected whole numbers "
+                              "1 <= k <= n")
         if s.latency_budget_s <= 0:
             raise ConfigError(f"task.latency_budget_s={s.latency_budget_s}: must be > 0")
         for key in ("robustness_shake", "robustness_blur"):

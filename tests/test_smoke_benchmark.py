@@ -1,0 +1,58 @@
+"""The smoke benchmark's measures beyond sai-benchmark: alarm persistence (k of n frames)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import compose_config
+from vlmexp.errors import ConfigError
+from vlmexp.evaluation.bootstrap import point_values
+from vlmexp.evaluation.sequences import alarms
+
+PREDS = [False, True, False, False, True, False, True, True]  # smoke from frame 3 on
+
+
+def task_of(*overrides):
+    return instantiate(compose_config(["task=smoke", "task.localisation=false", *overrides]).task,
+                       _recursive_=False)
+
+
+def scripted_sequence():
+    return [{"id": f"s/{i}", "sequence": "s", "frame": i, "time_s": 60.0 * i, "truth": i >= 3, "pred": p,
+             "parse_ok": True, "width": 160, "height": 120, "latency_s": 0.1, "wall_s": 0.1}
+            for i, p in enumerate(PREDS)]
+
+
+def test_alarm_windows():
+    # smoke predictions in the last n frames:  k=2 of n=3 first holds at frame 6 ([T, F, T])
+    assert alarms(PREDS, 1, 1) == PREDS
+    assert alarms(PREDS, 2, 3) == [False] * 6 + [True, True]
+    assert alarms(PREDS, 2, 2) == [False] * 7 + [True]
+
+
+@pytest.mark.parametrize(("k", "n", "ttd", "false_alarms", "ttd_score"), [
+    (1, 1, 1, 1, 0.0),    # frame 1 alarms before the smoke (false alarm); frame 4 detects: 1 frame late
+    (2, 3, 3, 0, 0.25),   # no alarm before frame 6: 3 frames late, no false alarm: 1 / (1 + 3)
+    (2, 2, 4, 0, 0.2),    # two in a row first at frame 7
+])
+def test_persistence_sets_time_to_detect_and_false_alarms(k, n, ttd, false_alarms, ttd_score):
+    task = task_of(f"task.alarm.k={k}", f"task.alarm.n={n}")
+    metrics = task.compute_metrics(scripted_sequence())
+    assert metrics["ttd_frames_mean"] == ttd and metrics["ttd_seconds_mean"] == 60.0 * ttd
+    assert metrics["false_alarm_sequences"] == false_alarms and metrics["sequences_detected"] == 1
+    assert metrics["ttd_score"] == pytest.approx(ttd_score)
+    assert metrics["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))  # image level: unchanged by persistence
+    [resampling] = task.resamplings(scripted_sequence())
+    assert point_values(resampling)["early_fire_score"] == pytest.approx(metrics["early_fire_score"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    (["task.alarm.k=3", "task.alarm.n=2"], "task.alarm: k=3 of n=2 frames: expected whole numbers 1 <= k <= n"),
+    (["task.alarm.k=0"], "task.alarm: k=0 of n=1 frames: expected whole numbers 1 <= k <= n"),
+    (["+task.alarm.m=2"], "task.alarm.m: unknown key (known: k, n)"),
+])
+def test_bad_persistence_is_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        task_of(*override).check_settings()
+    assert str(err.value) == message
