@@ -56,3 +56,26 @@ def test_bad_persistence_is_one_line(override, message):
     with pytest.raises(ConfigError) as err:
         task_of(*override).check_settings()
     assert str(err.value) == message
+
+
+def test_metrics_per_source(cache_dir, tmp_path):
+    """Two cameras in D-Fire layout; "smoke" answered everywhere. campA: 3 smoke frames of 4, campB: 1 of 4."""
+    from tests.smoke_fixtures import write_yolo_set
+    from vlmexp.runner import run
+
+    box = [0.5, 0.5, 0.4, 0.4]
+    write_yolo_set(tmp_path / "data" / "campA", [("a1", box), ("a2", box), ("a3", box), ("a4", None)])
+    write_yolo_set(tmp_path / "data" / "campB", [("b1", box), ("b2", None), ("b3", None), ("b4", None)])
+    cfg = compose_config(["task=smoke", "mode=eval", f"paths.cache_dir={cache_dir}", f"data.root={tmp_path / 'data'}",
+                          "data.format=yolo", "data.by_source=true", "logger=none",
+                          "engine._target_=tests.helpers.ScriptedEngine",
+                          "+engine.default='{\"has_smoke\": true, \"bbox\": [0.5, 0.5, 0.4, 0.4]}'"])
+    metrics = run(cfg, output_dir=tmp_path / "out")
+    assert metrics["f1"] == pytest.approx(8 / 12) and metrics["num_images"] == 8
+    # precision = smoke share, recall 1: f1 = 2p / (p + 1)
+    assert metrics["by_source/campA/f1"] == pytest.approx(6 / 7) and metrics["by_source/campA/precision"] == 0.75
+    assert metrics["by_source/campB/f1"] == pytest.approx(0.4) and metrics["by_source/campB/precision"] == 0.25
+    assert metrics["by_source/campA/num_images"] == metrics["by_source/campB/num_images"] == 4
+    assert metrics["by_source/campB/false_positive_rate"] == 1.0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| campA | 0.7500 | 0.7500 | 1.0000 | 0.8571 | 1.0000 | 4.0000 |" in summary

@@ -43,6 +43,22 @@ def results_rows(metrics: dict, keys: list[str]) -> list[tuple[str, str]]:
     return [(k, format_value(metrics, k)) for k in shown + [f for f in figures if f not in shown]]
 
 
+def _by_source(metrics: dict) -> list[str]:
+    """A table of the ``by_source/<source>/<metric>`` metrics: one row per source."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("by_source/"):
+            _, source, name = key.split("/", 2)
+            table.setdefault(source, {})[name] = value
+    if not table:
+        return []
+    names = list(dict.fromkeys(n for row in table.values() for n in row))
+    lines = ["### By source", "", "| source | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {source} | " + " | ".join(f"{row[n]:.4f}" if n in row else "-" for n in names) + " |"
+              for source, row in table.items()]
+    return lines + [""]
+
+
 def _hardware(ctx) -> str:
     """Where the model ran in this process (resolved), or the server's side for a remote engine."""
     if not get_class(ctx.cfg.engine._target_).trains_in_process:
@@ -62,6 +78,7 @@ def summary_markdown(ctx, task, splits, metrics: dict) -> str:
         lines += ["## Results", "", f"Intervals: {confidence:.0%} bootstrap, {cfg.eval.bootstrap} resamples, "
                   f"seed {cfg.seed}" + (" (off)" if not cfg.eval.bootstrap else "") + ".", "",
                   "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    lines += _by_source(metrics)
     counts = {name: len(split) for name, split in (("train", splits.train), ("val", splits.val),
                                                    ("test", splits.test)) if split is not None}
     skipped = {k: v for k, v in metrics.items() if k.startswith("skipped")}

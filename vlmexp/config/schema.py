@@ -106,6 +106,9 @@ class DataConfig:
     train_root: str | None = None
     val_root: str | None = None
     frame_stride: int = 1
+    # data.root (and train_root, val_root) hold one folder per source (camera, dataset), each in data.format:
+    # metrics are also reported per source (smoke).
+    by_source: bool = False
     labels_file: str | None = None
     train_file: str | None = None
     val_file: str | None = None

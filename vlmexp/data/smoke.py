@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vlmexp.data.images import broken_links, is_image, natural_key
@@ -32,6 +32,7 @@ class SmokeFrame:
     time_s: float | None = None
     # Set on the robustness copy: the seed of its camera-shake + motion-blur perturbation.
     perturb_seed: int | None = None
+    source: str | None = None  # the source folder (camera, dataset) with data.by_source=true
 
     @property
     def has_smoke(self) -> bool:
@@ -125,12 +126,23 @@ class YoloLayout:
 
 
 def load_smoke_dataset(root: str | Path, fmt=None, smoke_classes=(0,), frame_stride: int = 1,
-                       limit: int | None = None) -> list[SmokeFrame]:
-    """The frames under ``root`` as read by ``fmt`` (a layout's reader; default: sequences)."""
+                       limit: int | None = None, by_source: bool = False) -> list[SmokeFrame]:
+    """The frames under ``root`` as read by ``fmt`` (a layout's reader; default: sequences). With
+    ``by_source``, each folder of ``root`` is a source read by ``fmt``; ids and sequences are prefixed
+    with its name."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root={root}: folder does not exist")
-    frames = (fmt or SequencesLayout()).read(root, {int(c) for c in smoke_classes}, frame_stride)
+    reader, classes = fmt or SequencesLayout(), {int(c) for c in smoke_classes}
+    if by_source:
+        sources = sorted((d for d in _entries(root) if d.is_dir()), key=lambda d: natural_key(d.name))
+        if not sources:
+            raise DataError(f"{root}: data.by_source=true expects one folder per source (camera, dataset)")
+        frames = [replace(f, id=f"{src.name}/{f.id}", source=src.name,
+                          sequence=None if f.sequence is None else f"{src.name}/{f.sequence}")
+                  for src in sources for f in reader.read(src, classes, frame_stride)]
+    else:
+        frames = reader.read(root, classes, frame_stride)
     if not frames:
         raise DataError(f"{root}: no images found")
     return frames[:limit] if limit is not None else frames

@@ -128,3 +128,24 @@ def smoke_resampling(scoring: SmokeScoring, records: Sequence[dict], suffix: str
         return {f"{k}{suffix}": v for k, v in values.items()}
 
     return Resampling(units, statistic)
+
+
+#: What each source reports (``by_source/<source>/<metric>``).
+SOURCE_METRICS = ("accuracy", "precision", "recall", "f1", "false_positive_rate", "num_images", "sequences_detected",
+                  "sequences_missed", "false_alarm_sequences", "ttd_frames_mean", "early_fire_score")
+
+
+def per_source_metrics(scoring: SmokeScoring, records: Sequence[dict], suffix: str = "") -> dict[str, float]:
+    """``by_source/<source>/<metric><suffix>`` for records that name a source (``data.by_source=true``):
+    a model that does well on its training domain may score far lower on another camera."""
+    import re
+    from dataclasses import replace
+
+    sources = sorted({r["source"] for r in records if r.get("source") is not None})
+    light = replace(scoring, localisation=False, calibration=False)
+    out: dict[str, float] = {}
+    for source in sources:
+        name = re.sub(r"[^\w\-. ]", "_", source)  # characters MLflow accepts in a metric name
+        metrics = light.metrics([r for r in records if r.get("source") == source])
+        out.update({f"by_source/{name}/{k}{suffix}": metrics[k] for k in SOURCE_METRICS if k in metrics})
+    return out

@@ -12,7 +12,7 @@ from vlmexp.data.images import UnreadableImage, open_image
 from vlmexp.data.perturb import perturbation_seed, shake_and_blur, transform_boxes
 from vlmexp.data.smoke import SmokeFrame, load_smoke_dataset
 from vlmexp.errors import ConfigError
-from vlmexp.evaluation.smoke_metrics import SCORE_TERMS, SmokeScoring
+from vlmexp.evaluation.smoke_metrics import SCORE_TERMS, SmokeScoring, per_source_metrics
 from vlmexp.evaluation.usage import usage_fields
 from vlmexp.messages import ChatRequest, ImagePart, Message, TextPart, chat
 from vlmexp.tasks.base import Splits, Task, TrainingExample, Verdict
@@ -94,7 +94,8 @@ class SmokeTask(Task):
         def load(root, limit=None):
             if not root:
                 return None
-            return load_smoke_dataset(root, layout, self.smoke_classes, data.frame_stride, limit)
+            return load_smoke_dataset(root, layout, self.smoke_classes, data.frame_stride, limit,
+                                      data.get("by_source", False))
 
         test = load(roots["test"], data.limit) if mode != "train" else None
         if test and self.robustness:
@@ -149,6 +150,8 @@ class SmokeTask(Task):
                 "pred_boxes": answer.boxes, "confidence": answer.confidence, "raw": gen.text,
                 "latency_s": gen.latency_s, "error": gen.error, **usage_fields(gen),
             }
+            if frame.source is not None:
+                record["source"] = frame.source
             records.append(record)
             if self.explain and record["parse_ok"] and record["pred"]:
                 explain.append((record, request))
@@ -177,6 +180,7 @@ class SmokeTask(Task):
             subset = [r for r in records if r.get("variant", "clean") == variant]
             if subset:
                 metrics.update({f"{k}{suffix}": v for k, v in self.scoring.metrics(subset).items()})
+                metrics.update(per_source_metrics(self.scoring, subset, suffix))
         return metrics
 
     def resamplings(self, records: list[dict]) -> list:
