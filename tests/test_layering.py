@@ -14,8 +14,8 @@ LAYERS = [
      "workdir", "plots"},
     {"config"},
     {"data", "evaluation", "models", "tracking"},
-    {"engines", "tasks", "trainers"},
-    {"runner"},
+    {"engines", "tasks", "trainers", "summary"},
+    {"runner", "compare", "report"},
     {"cli", "__main__"},
 ]
 

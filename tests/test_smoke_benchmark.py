@@ -79,3 +79,32 @@ def test_metrics_per_source(cache_dir, tmp_path):
     assert metrics["by_source/campB/false_positive_rate"] == 1.0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| campA | 0.7500 | 0.7500 | 1.0000 | 0.8571 | 1.0000 | 4.0000 |" in summary
+
+
+def test_cost_per_1k_frames_from_the_token_counts_and_images(cache_dir, tmp_path):
+    import json
+
+    from tests.fake_servers import FakeServer
+    from vlmexp.runner import run
+
+    with FakeServer(models=["qwen2.5vl:7b"]) as server:
+        cfg = compose_config(["task=smoke", "model=qwen7b", "mode=eval", f"paths.cache_dir={cache_dir}",
+                              "data.limit=5", "logger=none", "engine=ollama", f"engine.host={server.ollama_host}",
+                              "+engine.cost_per_1k_input_tokens=0.5", "+engine.cost_per_1k_output_tokens=2",
+                              "+engine.cost_per_image=0.001"])
+        metrics = run(cfg, output_dir=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    prompt, completion = sum(r["prompt_tokens"] for r in records), sum(r["completion_tokens"] for r in records)
+    assert [r["images"] for r in records] == [1] * 5 and prompt > 0 and completion > 0
+    total = prompt * 0.5 / 1000 + completion * 2 / 1000 + 5 * 0.001
+    assert metrics["cost_total"] == pytest.approx(total)
+    assert metrics["cost_per_1k_frames"] == pytest.approx(total / 5 * 1000)
+    assert "- prices: cost_per_1k_input_tokens=0.5" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_bad_price_is_one_line():
+    from vlmexp.config.validate import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(["task=smoke", "mode=eval", "+engine.cost_per_image=-1"]))
+    assert str(err.value) == "engine.cost_per_image=-1: must be a price >= 0 (per 1000 tokens, or per image)"

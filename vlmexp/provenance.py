@@ -13,6 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.paths import source_root
 
+#: ``engine.<key>`` prices (any currency): read by the runner for the cost metrics, never passed to the
+#: engine, and left out of the config fingerprint (they change no prediction).
+COST_KEYS = ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens", "cost_per_image")
+
 
 def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     """Hash of the resolved config parts that affect predictions. The engine's own ``execution_keys``
@@ -25,7 +29,7 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     for key in ("logger", "paths", "resume", "hydra", "eval"):
         data.pop(key, None)
     data["data"].pop("limit", None)
-    data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys}
+    data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys and k not in COST_KEYS}
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)

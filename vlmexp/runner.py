@@ -19,11 +19,12 @@ from vlmexp.content import HashCache, data_fingerprint
 from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.bootstrap import confidence_intervals
 from vlmexp.evaluation.store import PredictionStore
-from vlmexp.evaluation.usage import usage_metrics
+from vlmexp.evaluation.usage import cost_metrics, usage_metrics
 from vlmexp.paths import expand
-from vlmexp.provenance import config_fingerprint, dataset_fingerprint, git_commit, package_versions
+from vlmexp.provenance import COST_KEYS, config_fingerprint, dataset_fingerprint, git_commit, package_versions
 from vlmexp.runlock import RunLock
 from vlmexp.startup import check_free_space, check_writable
+from vlmexp.summary import format_value
 from vlmexp.tracking.base import Tracker
 from vlmexp.workdir import prepare_work_dir, run_key
 
@@ -61,6 +62,8 @@ class RunContext:
         takes one. ``loaded`` (a fine-tuned ``model`` and ``processor``, a classifier, ...) goes only to
         engines that hold a model in this process; a remote engine serves its own model."""
         node = self.cfg.engine if node is None else node
+        if any(k in node for k in COST_KEYS):  # prices are the runner's (cost metrics), not the engine's
+            node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node).items() if k not in COST_KEYS})
         cls = get_class(node._target_)
         kwargs = dict(loaded) if cls.trains_in_process else {}
         params = inspect.signature(cls.__init__).parameters
@@ -264,6 +267,7 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
     metrics.update(engine.run_metrics())
     # over every stored record, not only those this process answered (a resumed or reused run)
     metrics.update(usage_metrics(records, ctx.cfg.task.get("max_new_tokens")))
+    metrics.update(cost_metrics(records, {k: ctx.cfg.engine.get(k) for k in COST_KEYS}, task.sample_unit))
     metrics["eval_wall_s"] = elapsed
     ctx.tracker.log_metrics(metrics)
     predictions = ctx.output_dir / "predictions.jsonl"  # one final record per sample, in order
@@ -283,15 +287,3 @@ def _print_table(task, metrics: dict[str, float]) -> None:
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 10}"]
     lines += [f"{k.ljust(width)}  {format_value(metrics, k)}" for k in keys]
     print("\n".join(lines))
-
-
-def format_value(metrics: dict, key: str, digits: int = 4) -> str:
-    """``0.8300 [0.7600, 0.8900]`` where the metric has a confidence interval, else the value."""
-    value = metrics[key]
-    if not isinstance(value, float):
-        return str(value)
-    text = f"{value:.{digits}f}"
-    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    if low is not None and high is not None:
-        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
-    return text

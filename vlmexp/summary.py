@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from vlmexp.provenance import COST_KEYS
+
 PATCH_PIXELS = 28 * 28  # one visual token of Qwen2-VL-style models (14 px patches, 2x2 merge)
 
 
@@ -26,15 +28,25 @@ def answer_settings(cfg) -> dict:
     (its ``execution_keys``: concurrency, timeouts, retries), and the task's answer cap."""
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     execution = set(get_class(engine["_target_"]).execution_keys)
-    settings = {k: v for k, v in engine.items() if k != "_target_" and k not in execution}
+    settings = {k: v for k, v in engine.items() if k != "_target_" and k not in execution and k not in COST_KEYS}
     if cfg.task.get("max_new_tokens") is not None:
         settings["task.max_new_tokens"] = cfg.task.max_new_tokens
     return settings
 
 
-def results_rows(metrics: dict, keys: list[str]) -> list[tuple[str, str]]:
-    from vlmexp.runner import format_value
+def format_value(metrics: dict, key: str, digits: int = 4) -> str:
+    """``0.8300 [0.7600, 0.8900]`` where the metric has a confidence interval, else the value."""
+    value = metrics[key]
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.{digits}f}"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is not None and high is not None:
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
 
+
+def results_rows(metrics: dict, keys: list[str]) -> list[tuple[str, str]]:
     shown = [k for k in keys if k in metrics]
     shown += sorted(k[:-len("_ci_low")] for k in metrics if k.endswith("_ci_low") and k[:-len("_ci_low")] not in shown
                     and k[:-len("_ci_low")] in metrics)
@@ -57,6 +69,11 @@ def _by_source(metrics: dict) -> list[str]:
     lines += [f"| {source} | " + " | ".join(f"{row[n]:.4f}" if n in row else "-" for n in names) + " |"
               for source, row in table.items()]
     return lines + [""]
+
+
+def _prices(cfg) -> list[str]:
+    set_ = {k: cfg.engine.get(k) for k in COST_KEYS if cfg.engine.get(k) is not None}
+    return ["- prices: " + ", ".join(f"{k}={v}" for k, v in set_.items())] if set_ else []
 
 
 def _hardware(ctx) -> str:
@@ -103,6 +120,7 @@ def summary_markdown(ctx, task, splits, metrics: dict) -> str:
               "- prompt hash: - (the task has no prompt keys)",
               f"- engine: `{cfg.engine._target_}`",
               "- answer settings: " + ", ".join(f"{k}={v}" for k, v in answer_settings(cfg).items()),
+              *_prices(cfg),
               f"- hardware: {_hardware(ctx)}", "",
               "## Provenance", "",
               f"- config fingerprint: `{ctx.fingerprint}`, git commit: `{tags.get('vlmexp.git_commit')}`",

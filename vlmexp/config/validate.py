@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from vlmexp.errors import ConfigError
+from vlmexp.provenance import COST_KEYS
 
 _RESERVED = {"_target_", "_recursive_", "_convert_", "_partial_"}
 
@@ -70,7 +71,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.bootstrap={ev.bootstrap}: must be >= 0 resamples (0 turns intervals off)")
     if ev is not None and not 0 < ev.confidence < 1:
         raise ConfigError(f"eval.confidence={ev.confidence}: must be in (0, 1)")
-    check_target_keys(cfg.engine, "engine")
+    check_target_keys(cfg.engine, "engine", exclude=COST_KEYS)
+    for key in COST_KEYS:
+        price = cfg.engine.get(key)
+        if price is not None and (not isinstance(price, int | float) or price < 0):
+            raise ConfigError(f"engine.{key}={price}: must be a price >= 0 (per 1000 tokens, or per image)")
     check_target_keys(cfg.logger, "logger")
     _check_trainer_settings(cfg, mode)
     task_modes = get_class(cfg.task._target_).modes

@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from vlmexp.provenance import COST_KEYS
+
 log = logging.getLogger(__name__)
 
 
 def usage_fields(generation) -> dict:
     """The fields a task's record keeps of an engine's answer."""
     return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
-            "truncated": generation.truncated}
+            "truncated": generation.truncated, "images": len(generation.image_sizes)}
 
 
 def wall_seconds(records: Sequence[dict]) -> float | None:
@@ -40,3 +42,26 @@ def usage_metrics(records: Sequence[dict], max_new_tokens: int | None = None) ->
         log.warning("%d of %d answers were cut off at %s: raise it (parse failures may be cut-off answers)",
                     int(metrics["truncated_answers"]), len(answered), cap)
     return metrics
+
+
+
+def cost_metrics(records: Sequence[dict], prices: dict, unit: str = "samples") -> dict[str, float]:
+    """``cost_total`` and ``cost_per_1k_<unit>`` of the answered records at ``prices`` (the
+    ``engine.cost_*`` keys set); empty when none is set. Records whose engine reported no token
+    counts cost nothing for tokens, with one warning."""
+    prices = {k: float(prices[k]) for k in COST_KEYS if prices.get(k) is not None}
+    answered = [r for r in records if not r.get("skipped") and "truncated" in r]
+    if not prices or not answered:
+        return {}
+    per_token = {"prompt_tokens": prices.get("cost_per_1k_input_tokens", 0.0) / 1000,
+                 "completion_tokens": prices.get("cost_per_1k_output_tokens", 0.0) / 1000}
+    total, uncounted = 0.0, 0
+    for r in answered:
+        for key, price in per_token.items():
+            if price and r.get(key) is None:
+                uncounted += 1
+            total += price * (r.get(key) or 0)
+        total += prices.get("cost_per_image", 0.0) * (r.get("images") or 0)
+    if uncounted:
+        log.warning("cost: %d token counts were not reported by the engine and cost nothing", uncounted)
+    return {"cost_total": total, f"cost_per_1k_{unit}": total / len(answered) * 1000}

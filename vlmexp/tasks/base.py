@@ -45,6 +45,8 @@ class Task(ABC):
     modes: tuple[str, ...] = ("train", "eval", "train_eval")
     #: The metric leaderboards rank by (``vlmexp report``).
     main_metric: str | None = None
+    #: What one sample is, in metric names (``cost_per_1k_<unit>``).
+    sample_unit: str = "samples"
     #: ``data.<key>`` entries this task reads as files or folders; each is checked to exist up front.
     path_keys: tuple[str, ...] = ()
 

@@ -33,6 +33,7 @@ class SentimentTask(Task):
     """Each video becomes one request (its centre frame, its sampled frames, or a video input);
     the label comes from scoring both labels (``score``) or from parsing a generated answer."""
     main_metric = "weighted_accuracy"
+    sample_unit = "videos"
 
     path_keys = ("root", "labels_file")
 

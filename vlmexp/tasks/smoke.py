@@ -26,6 +26,7 @@ VARIANTS = (("clean", ""), ("robust", "_robust"))
 
 class SmokeTask(Task):
     main_metric = "f1"
+    sample_unit = "frames"
     path_keys = ("root", "train_root", "val_root")
 
     def __init__(self, name: str = "smoke", default_mode: str = "eval", trainer=None, evaluator=None, *,

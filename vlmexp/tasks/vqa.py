@@ -31,6 +31,7 @@ _EXACT_MATCH_KEYS = {"val": "exact_match", "test": "test_exact_match"}
 
 class VQATask(Task):
     main_metric = "exact_match"
+    sample_unit = "questions"
     path_keys = ("train_file", "val_file", "test_file", "image_dir")
 
     def __init__(self, name: str = "vqa", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
