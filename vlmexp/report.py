@@ -60,7 +60,7 @@ def main_metric_of(run) -> str | None:
     target = run.data.params.get("task._target_")
     try:
         return getattr(get_class(target), "main_metric", None) if target else None
-    except Exception:
+    except (ImportError, ValueError):  # a plugin no longer importable here: the caller falls back
         return None
 
 
