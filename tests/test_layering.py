@@ -13,7 +13,7 @@ LAYERS = [
     {"errors", "atomic", "paths", "messages", "hardware", "runlock", "startup", "provenance", "content",
      "workdir", "plots"},
     {"config"},
-    {"data", "evaluation", "models", "tracking"},
+    {"data", "evaluation", "models", "tracking", "detectors", "annotation"},
     {"engines", "tasks", "trainers"},
     {"runner"},
     {"cli", "__main__"},
