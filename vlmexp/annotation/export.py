@@ -31,6 +31,7 @@ def llava_record(entry: dict) -> dict:
 
 def _dump(path: Path, value) -> Path:
     write_text_atomic(path, json.dumps(value, indent=1, ensure_ascii=False) + "\n")
+    os.chmod(path, 0o644)  # a dataset to share, not a private temporary file
     return path
 
 
@@ -51,6 +52,7 @@ def write_dataset(folder: Path, images_root: Path, entries: Sequence[dict]) -> d
         lines = [json.dumps({"image_path": f"{IMAGES_LINK}/{e['image']}", "question": p["question"],
                              "answer": p["answer"]}, ensure_ascii=False) for e in chosen for p in e["qa"]]
         write_text_atomic(folder / f"{split}.jsonl", "\n".join(lines) + "\n")
+        os.chmod(folder / f"{split}.jsonl", 0o644)
         files[f"{split}_jsonl"] = folder / f"{split}.jsonl"
     return files
 

@@ -67,7 +67,8 @@ def build_detector(node, run, **kwargs) -> Detector:
     from hydra.utils import instantiate
 
     try:
-        return instantiate(node, _recursive_=False, run=run, **kwargs)
+        # the run goes to the constructor, not through Hydra's config merge (it is not config)
+        return instantiate(node, _recursive_=False, _partial_=True)(run=run, **kwargs)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, VlmexpError):
             raise exc.__cause__ from None
