@@ -60,15 +60,21 @@ def resolve_device(device: str | None, run) -> str:
     return run.placement.device if run is not None else "cpu"
 
 
-def build_detector(node, run, **kwargs) -> Detector:
-    """Instantiate the detector ``node`` names, handing it the run; a constructor's user-facing error is
-    raised as is (Hydra would wrap it in a multi-line InstantiationException)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+def build_detector(node, run, **kwargs):
+    """Instantiate the plugin ``node`` names (a detector, a captioner), handing it the run when its
+    constructor takes one; a constructor's user-facing error is raised as is (Hydra would wrap it in a
+    multi-line InstantiationException)."""
+    import inspect
 
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+
+    params = inspect.signature(get_class(node._target_).__init__).parameters
+    if "run" in params:
+        kwargs["run"] = run
     try:
         # the run goes to the constructor, not through Hydra's config merge (it is not config)
-        return instantiate(node, _recursive_=False, _partial_=True)(run=run, **kwargs)
+        return instantiate(node, _recursive_=False, _partial_=True)(**kwargs)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, VlmexpError):
             raise exc.__cause__ from None

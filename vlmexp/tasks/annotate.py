@@ -83,7 +83,7 @@ class AnnotateTask(Task):
         if not samples:
             raise DataError(f"data.root={self.root}: no images found")
         self.detector = build_detector(cfg.detector, run)  # missing or wrong weights stop the run here
-        self.captioner = instantiate(cfg.captioner)
+        self.captioner = build_detector(cfg.captioner, run)
         return Splits(train=None, val=None, test=samples[:cfg.data.limit])
 
     # -- annotation -----------------------------------------------------------------------------
