@@ -92,11 +92,32 @@ def test_annotate_labelled_shapes_gives_exact_qa_and_a_registered_dataset(tmp_pa
         f"dataset/{n}" for n in ("annotations.json", "train_llava.json", "val_llava.json", "test_llava.json",
                                  "train.jsonl", "val.jsonl", "test.jsonl")}
 
-    rerun = run_cli(args, cwd=tmp_path)  # crash-safe store: a rerun reuses every image's record
+    # Another split reuses every image's detections and captions from the crash-safe store.
+    rerun = run_cli([*args, "task.split.train=0.5", "task.split.val=0.2"], cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     newest = mlflow.search_runs(experiment_names=["annotate"], output_format="list", order_by=["start_time DESC"])[0]
     assert newest.data.tags["vlmexp.reused_predictions"] == "11"
-    assert json.loads((out / "annotations.json").read_text()) == annotations
+    metrics = newest.data.metrics
+    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (5, 2, 3)
+    again = json.loads((out / "annotations.json").read_text())["images"]
+    assert [(e["objects"], e["qa"]) for e in again] == [(e["objects"], e["qa"]) for e in annotations["images"]]
+
+
+def test_annotation_continues_where_an_earlier_run_stopped(tmp_path):
+    root, out = tmp_path / "shapes", tmp_path / "export"
+    write_shapes_set(root, 6, seed=4)
+    args = [*_annotate_args(root, out, tmp_path / "cache"), "engine._target_=tests.helpers.ScriptedEngine",
+            f"+engine.default={CAPTION}", f"+engine.call_log={tmp_path / 'calls.log'}"]
+    first = run_cli([*args, "data.limit=2"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    asked_first = len((tmp_path / "calls.log").read_text().splitlines())
+    second = run_cli(args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    entries = json.loads((out / "annotations.json").read_text())["images"]
+    objects = [len(e["objects"]) for e in entries]
+    # the first run captioned the objects of the first two images; the second only the others
+    assert asked_first == sum(objects[:2])
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == sum(objects)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -16,8 +16,9 @@ from vlmexp.paths import source_root
 
 def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     """Hash of the resolved config parts that affect predictions. The engine's own ``execution_keys``
-    (how it runs, not what it answers) and ``data.limit`` are left out, so that, for example, raising
-    data.limit or engine.concurrency reuses the finished predictions."""
+    (how it runs, not what it answers), the task's ``derived_keys`` (what it makes of the stored
+    predictions) and ``data.limit`` are left out, so that, for example, raising data.limit or
+    engine.concurrency reuses the finished predictions."""
     from hydra.utils import get_class
 
     execution_keys = get_class(cfg.engine._target_).execution_keys
@@ -26,6 +27,8 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
         data.pop(key, None)
     data["data"].pop("limit", None)
     data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys}
+    derived = getattr(get_class(cfg.task._target_), "derived_keys", ())  # keys applied after the predictions
+    data["task"] = {k: v for k, v in data["task"].items() if k not in derived}
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)

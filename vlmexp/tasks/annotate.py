@@ -50,6 +50,8 @@ def list_images(root: Path) -> list[ImageSample]:
 class AnnotateTask(Task):
     modes = ("eval",)
     path_keys = ("root",)
+    # Q&A pairs, the split and the files are made from the stored detections and captions
+    derived_keys = ("qa_templates", "split", "output_dir", "gallery_size")
 
     def __init__(self, name: str = "annotate", default_mode: str = "eval", trainer=None, evaluator=None, *,
                  qa_templates: dict | None = None, split: dict | None = None, output_dir: str | None = None,
