@@ -158,3 +158,29 @@ def test_annotate_with_the_tiny_model_then_fine_tune_on_the_export(tmp_path, cac
     scored = [r["correct"] == "True" for r in rows if r["question"] in asked]
     print(f"held-out exact match on count and existence questions: {sum(scored) / len(scored):.3f} "
           f"({sum(scored)} of {len(scored)})")
+
+
+def test_annotate_with_an_ensemble_of_real_detectors(tmp_path):
+    """``detector=ensemble`` from the command line: ultralytics YOLOv8n and transformers RT-DETR (random
+    weights, threshold 0 so boxes exist) fused with WBF, their classes mapped onto one vocabulary."""
+    import mlflow
+
+    from tests.detector_checkpoints import build_rtdetr_folders, build_yolo_weights
+
+    weights = build_yolo_weights(tmp_path / "yolo") / "best.pt"
+    model, processor = build_rtdetr_folders(tmp_path / "rtdetr")
+    root, out = tmp_path / "shapes", tmp_path / "export"
+    write_shapes_set(root, 3, seed=1)
+    result = run_cli([*_annotate_args(root, out, tmp_path / "cache"), "detector=ensemble",
+                      f"detector.detectors.yolo.weights={weights}", "detector.detectors.yolo.imgsz=64",
+                      f"detector.detectors.rtdetr.model={model}", f"detector.detectors.rtdetr.processor={processor}",
+                      "detector.conf_threshold=0.0", "+detector.class_map.plastic=glass",
+                      "engine._target_=tests.helpers.ScriptedEngine", f"+engine.default={CAPTION}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = json.loads((out / "annotations.json").read_text())["images"]
+    objects = [o for e in entries for o in e["objects"]]
+    assert objects and {o["label"] for o in objects} == {"glass"}
+    assert all(set(o["sources"]) <= {"yolo", "rtdetr"} and o["sources"] for o in objects)
+    assert all(0 <= o["box"][0] <= o["box"][2] <= SIZE and 0 <= o["box"][1] <= o["box"][3] <= SIZE for o in objects)
+    (found,) = mlflow.search_runs(experiment_names=["annotate"], output_format="list")
+    assert found.data.metrics["boxes_glass"] == len(objects)

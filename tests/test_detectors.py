@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.detector_checkpoints import build_rtdetr_folders, build_yolo_weights
 from tests.shapes import write_shapes_set
 from vlmexp.detectors.base import DetectorError, DetectorInput, build_detector
 
@@ -95,24 +96,12 @@ def test_class_map_naming_a_class_no_detector_has_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def yolo_weights(tmp_path_factory) -> Path:
-    """An ultralytics YOLOv8n detector with two classes, random weights, built from its model YAML."""
-    import torch
-    import yaml
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import yaml_model_load
+    return build_yolo_weights(tmp_path_factory.mktemp("yolo"))
 
-    folder = tmp_path_factory.mktemp("yolo")
-    spec = yaml_model_load("yolov8n.yaml")
-    spec["nc"] = 2
-    spec.pop("yaml_file", None)
-    (folder / "yolov8n-two.yaml").write_text(yaml.safe_dump(spec))
-    torch.manual_seed(0)
-    model = YOLO(str(folder / "yolov8n-two.yaml"))
-    model.model.names = {0: "glass", 1: "plastic"}
-    model.save(str(folder / "best.pt"))
-    YOLO("yolov8n-cls.yaml").save(str(folder / "classifier.pt"))
-    (folder / "junk.pt").write_text("not a checkpoint")
-    return folder
+
+@pytest.fixture(scope="module")
+def rtdetr_folders(tmp_path_factory) -> tuple[Path, Path]:
+    return build_rtdetr_folders(tmp_path_factory.mktemp("rtdetr"))
 
 
 def _random_images(tmp_path, n: int) -> list[DetectorInput]:
@@ -158,26 +147,6 @@ def test_bad_yolo_weights_are_one_line(yolo_weights, name, message):
     with pytest.raises(DetectorError) as err:
         build_detector(node, None)
     assert str(err.value).startswith(message.format(yolo_weights)) and "\n" not in str(err.value)
-
-
-@pytest.fixture(scope="module")
-def rtdetr_folders(tmp_path_factory) -> tuple[Path, Path]:
-    """A small RT-DETR (ResNet backbone of a few channels) saved as seed 003 keeps it: model m/, processor p/."""
-    import torch
-    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig
-
-    folder = tmp_path_factory.mktemp("rtdetr")
-    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])
-    config = RTDetrConfig(backbone_config=backbone, num_labels=2, id2label={0: "glass", 1: "plastic"},
-                          label2id={"glass": 0, "plastic": 1}, d_model=32, encoder_hidden_dim=32,
-                          encoder_in_channels=[16, 32, 64], decoder_in_channels=[32, 32, 32], encoder_ffn_dim=64,
-                          decoder_ffn_dim=64, decoder_layers=1, encoder_layers=1, num_queries=20,
-                          decoder_attention_heads=2, encoder_attention_heads=2, num_denoising=0)
-    torch.manual_seed(0)
-    RTDetrForObjectDetection(config).save_pretrained(folder / "m")
-    RTDetrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder / "p")
-    return folder / "m", folder / "p"
 
 
 def test_rtdetr_detector_runs_the_real_transformers_model(tmp_path, rtdetr_folders):
