@@ -15,7 +15,7 @@ LAYERS = [
     {"config"},
     {"data", "evaluation", "models", "tracking", "detectors", "annotation"},
     {"engines", "tasks", "trainers"},
-    {"runner"},
+    {"runner", "api"},
     {"cli", "__main__"},
 ]
 
