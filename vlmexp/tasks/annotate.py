@@ -8,6 +8,7 @@ derived from the stored records at the end, deterministically given ``seed``."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -148,7 +149,7 @@ class AnnotateTask(Task):
         for path in files.values():
             tracker.log_artifact(path, "dataset")
         tracker.log_input(name=f"annotate-{self.root.name}", source=str(folder.resolve()),
-                          digest=self.run.fingerprint[:8] + "-" + self.run.work_dir.name.rsplit("-", 1)[-1][:8],
+                          digest=hashlib.sha256(files["annotations"].read_bytes()).hexdigest()[:16],
                           context="annotation",
                           profile={"images": len(entries), "qa_pairs": int(metrics.get("qa_pairs", 0)),
                                    **{s: int(metrics.get(f"{s}_images", 0)) for s in SPLITS}})
