@@ -124,6 +124,9 @@ def test_annotation_continues_where_an_earlier_run_stopped(tmp_path):
     ("detector=yolo detector.weights={tmp}/missing.pt", "error: detector weights {tmp}/missing.pt: no such file"),
     ("task.split.train=0.9 task.split.val=0.2",
      "error: task.split: train 0.9 + val 0.2 = 1.1 is over 1 (the test split takes what is left)"),
+    ("engine=none", "error: captioner=engine asks the run's engine about each object, but this engine serves "
+                    "no model: choose engine=hf, ollama or openai (or captioner=blip)"),
+    ("detector.names_file={tmp}/nope.yaml", "error: detector.names_file={tmp}/nope.yaml: no such file"),
 ])
 def test_bad_annotate_input_is_one_line(tmp_path, override, message):
     root = tmp_path / "shapes"

@@ -26,6 +26,8 @@ def draw_box(image, box: Sequence[float], colour: str = "red"):
 
 
 class EngineCaptioner:
+    needs_engine = True  # asks the run's engine
+
     def __init__(self, prompts: dict[str, str] | None = None, default_prompt: str = "a {label}. Describe where it is.",
                  question: str = "The red box marks {prompt}", system_prompt: str | None = None,
                  max_new_tokens: int = 64, box_colour: str = "red"):

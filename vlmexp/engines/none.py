@@ -11,6 +11,8 @@ from vlmexp.messages import ChatRequest, Generation
 
 
 class NoEngine(Engine):
+    serves_model = False
+
     def __init__(self, **_unused):
         pass
 

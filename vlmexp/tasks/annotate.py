@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from vlmexp.annotation.export import gallery_png, write_dataset
 from vlmexp.annotation.qa import generate_pairs
@@ -87,6 +87,9 @@ class AnnotateTask(Task):
             raise DataError(f"data.root={self.root}: no images found")
         self.detector = build_detector(cfg.detector, run)  # missing or wrong weights stop the run here
         self.captioner = build_detector(cfg.captioner, run)
+        if getattr(self.captioner, "needs_engine", False) and not get_class(cfg.engine._target_).serves_model:
+            raise ConfigError("captioner=engine asks the run's engine about each object, but this engine serves "
+                              "no model: choose engine=hf, ollama or openai (or captioner=blip)")
         return Splits(train=None, val=None, test=samples[:cfg.data.limit])
 
     # -- annotation -----------------------------------------------------------------------------
