@@ -171,7 +171,7 @@ def test_rtdetr_folder_that_is_not_a_model_is_one_line(tmp_path):
     node = OmegaConf.create({"_target_": "vlmexp.detectors.rtdetr.RTDetrDetector", "model": str(tmp_path / "m")})
     with pytest.raises(DetectorError) as err:
         build_detector(node, None)
-    assert str(err.value).startswith(f"detector.processor={tmp_path / 'm'}: cannot load an RT-DETR processor (")
+    assert str(err.value).startswith(f"detector.model={tmp_path / 'm'}: cannot load an RT-DETR model (")
     assert "\n" not in str(err.value)
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from vlmexp.detectors.base import Detection, Detector, DetectorError, DetectorInput, keep_confident, resolve_device
 
 
-def _load(cls, source: str, what: str):
+def _load(cls, source: str, key: str, what: str):
     try:
         return cls.from_pretrained(str(Path(source).expanduser()) if Path(source).expanduser().exists() else source)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DetectorError(f"detector.{what}={source}: cannot load an RT-DETR {what} ({reason})") from None
+        raise DetectorError(f"detector.{key}={source}: cannot load an RT-DETR {what} ({reason})") from None
 
 
 class RTDetrDetector(Detector):
@@ -24,8 +24,9 @@ class RTDetrDetector(Detector):
 
         self.name, self.conf_threshold, self.batch_size = name, conf_threshold, batch_size
         self.device = resolve_device(device, run)
-        self.processor = _load(RTDetrImageProcessor, processor or model, "processor")
-        self.model = _load(RTDetrForObjectDetection, model, "model").to(self.device).eval()
+        self.model = _load(RTDetrForObjectDetection, model, "model", "model").to(self.device).eval()
+        self.processor = _load(RTDetrImageProcessor, processor or model, "processor" if processor else "model",
+                               "processor")
 
     def classes(self) -> list[str]:
         id2label = self.model.config.id2label
