@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 from tests.helpers import ScriptedEngine
 from tests.shapes import write_shapes_set
 from vlmexp.annotation.captioners import EngineCaptioner
-from vlmexp.detectors.base import Detection, build_detector
+from vlmexp.detectors.base import Detection, build_plugin
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "picture", "of", "glass", "on", "the", "grass",
          "red", "square", "blue", "circle", "green", "triangle"]
@@ -60,7 +60,7 @@ def blip_folder(tmp_path_factory) -> Path:
 def test_blip_captions_a_crop_around_each_box(blip_folder):
     node = OmegaConf.create({"_target_": "vlmexp.annotation.blip.BlipCaptioner", "model": str(blip_folder),
                              "prompts": {"glass": "a picture of a glass on"}, "max_new_tokens": 4, "batch_size": 2})
-    captioner = build_detector(node, None)
+    captioner = build_plugin(node, None)
     image = Image.new("RGB", (100, 50), (0, 150, 0))
     assert captioner.crop(image, [10, 10, 30, 20]).size == (40, 20)  # 10 px (x) and 5 px (y) of context each side
     assert captioner.crop(image, [80, 40, 100, 50]).size == (30, 15)  # clipped at the image's edges
@@ -78,7 +78,7 @@ def test_blip_captions_a_crop_around_each_box(blip_folder):
 def test_blip_folder_that_is_not_a_model_is_one_line(tmp_path):
     node = OmegaConf.create({"_target_": "vlmexp.annotation.blip.BlipCaptioner", "model": str(tmp_path)})
     with pytest.raises(Exception) as err:
-        build_detector(node, None)
+        build_plugin(node, None)
     assert str(err.value).startswith(f"captioner.model={tmp_path}: cannot load a captioning model (")
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.detector_checkpoints import build_rtdetr_folders, build_yolo_weights
 from tests.shapes import write_shapes_set
-from vlmexp.detectors.base import DetectorError, DetectorInput, build_detector
+from vlmexp.detectors.base import DetectorError, DetectorInput, build_plugin
 
 SCRIPTED = "tests.scripted_detector.ScriptedDetector"
 
@@ -24,7 +24,7 @@ def _inputs(root: Path, names: list[str]) -> list[DetectorInput]:
 def test_labels_detector_gives_the_generated_boxes_in_pixels(tmp_path):
     truth = write_shapes_set(tmp_path, 6, seed=3)
     node = OmegaConf.create({"_target_": "vlmexp.detectors.labels.LabelsDetector", "root": str(tmp_path)})
-    detector = build_detector(node, None)
+    detector = build_plugin(node, None)
     assert detector.classes() == ["red square", "blue circle", "green triangle"]
     found = detector.detect(_inputs(tmp_path, list(truth)))
     for (name, objects), detections in zip(truth.items(), found):
@@ -37,7 +37,7 @@ def test_labels_detector_without_class_names_is_one_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     node = OmegaConf.create({"_target_": "vlmexp.detectors.labels.LabelsDetector", "root": str(tmp_path)})
     with pytest.raises(DetectorError, match=r"no data.yaml or classes.txt"):
-        build_detector(node, None)
+        build_plugin(node, None)
 
 
 def _scripted(tmp_path) -> tuple[dict, list[DetectorInput]]:
@@ -63,7 +63,7 @@ def _rows(detections):
 def test_weighted_boxes_fusion_of_mapped_classes(tmp_path):
     node, items = _scripted(tmp_path)
     node["fusion"] = {"_target_": "vlmexp.detectors.fusion.WeightedBoxesFusion", "iou_threshold": 0.55}
-    detector = build_detector(OmegaConf.create(node), None)
+    detector = build_plugin(OmegaConf.create(node), None)
     assert detector.classes() == ["can", "glass", "plastic"]
     first, second = detector.detect(items)
     # glass: score-weighted mean box of 0.9 x [10,10,50,50] and 0.6 x [12,10,52,50]; mean score 0.75,
@@ -78,7 +78,7 @@ def test_class_wise_nms_keeps_the_best_box_and_who_agreed(tmp_path):
     node, items = _scripted(tmp_path)
     node["fusion"] = {"_target_": "vlmexp.detectors.fusion.ClassWiseNMS", "iou_threshold": 0.5}
     node["fused_threshold"] = 0.55
-    first, second = build_detector(OmegaConf.create(node), None).detect(items)
+    first, second = build_plugin(OmegaConf.create(node), None).detect(items)
     assert _rows(first) == [("glass", [10, 10, 50, 50], 0.9, ["a", "b"]),
                             ("plastic", [100, 20, 140, 60], 0.8, ["a"])]  # can 0.5 < fused_threshold
     assert _rows(second) == [("glass", [0, 0, 20, 20], 0.7, ["b"])]
@@ -89,7 +89,7 @@ def test_class_map_naming_a_class_no_detector_has_is_one_line(tmp_path):
     node["class_map"] = {"cup": "glass"}
     node["fusion"] = {"_target_": "vlmexp.detectors.fusion.ClassWiseNMS"}
     with pytest.raises(DetectorError) as err:
-        build_detector(OmegaConf.create(node), None)
+        build_plugin(OmegaConf.create(node), None)
     assert str(err.value) == ("detector.class_map: 'cup' is not a class of any detector "
                               "(a: glass, plastic; b: bottle, can)")
 
@@ -122,7 +122,7 @@ def test_yolo_detector_runs_the_real_ultralytics_model(tmp_path, yolo_weights):
     node = OmegaConf.create({"_target_": "vlmexp.detectors.yolo.UltralyticsDetector",
                              "weights": str(yolo_weights / "best.pt"), "conf_threshold": 0.0, "imgsz": 64,
                              "batch_size": 2})
-    detector = build_detector(node, None)
+    detector = build_plugin(node, None)
     assert detector.classes() == ["glass", "plastic"] and detector.device == "cpu"
     items = _random_images(tmp_path, 3)
     batched = detector.detect(items)
@@ -145,7 +145,7 @@ def test_bad_yolo_weights_are_one_line(yolo_weights, name, message):
     node = OmegaConf.create({"_target_": "vlmexp.detectors.yolo.UltralyticsDetector",
                              "weights": str(yolo_weights / name)})
     with pytest.raises(DetectorError) as err:
-        build_detector(node, None)
+        build_plugin(node, None)
     assert str(err.value).startswith(message.format(yolo_weights)) and "\n" not in str(err.value)
 
 
@@ -153,7 +153,7 @@ def test_rtdetr_detector_runs_the_real_transformers_model(tmp_path, rtdetr_folde
     model, processor = rtdetr_folders
     node = OmegaConf.create({"_target_": "vlmexp.detectors.rtdetr.RTDetrDetector", "model": str(model),
                              "processor": str(processor), "conf_threshold": 0.0, "batch_size": 3})
-    detector = build_detector(node, None)
+    detector = build_plugin(node, None)
     assert detector.classes() == ["glass", "plastic"]
     items = _random_images(tmp_path, 3)
     batched = detector.detect(items)
@@ -170,7 +170,7 @@ def test_rtdetr_folder_that_is_not_a_model_is_one_line(tmp_path):
     (tmp_path / "m").mkdir()
     node = OmegaConf.create({"_target_": "vlmexp.detectors.rtdetr.RTDetrDetector", "model": str(tmp_path / "m")})
     with pytest.raises(DetectorError) as err:
-        build_detector(node, None)
+        build_plugin(node, None)
     assert str(err.value).startswith(f"detector.model={tmp_path / 'm'}: cannot load an RT-DETR model (")
     assert "\n" not in str(err.value)
 
@@ -185,7 +185,7 @@ def test_ensemble_of_real_yolo_and_rtdetr(tmp_path, yolo_weights, rtdetr_folders
                                "weights": str(yolo_weights / "best.pt"), "imgsz": 64},
                       "rtdetr": {"_target_": "vlmexp.detectors.rtdetr.RTDetrDetector", "model": str(model),
                                  "processor": str(processor)}}})
-    detector = build_detector(node, None)
+    detector = build_plugin(node, None)
     assert detector.classes() == ["glass"]
     found = detector.detect(_random_images(tmp_path, 2))
     assert all(found) and {d.label for f in found for d in f} == {"glass"}

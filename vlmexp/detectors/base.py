@@ -60,7 +60,7 @@ def resolve_device(device: str | None, run) -> str:
     return run.placement.device if run is not None else "cpu"
 
 
-def build_detector(node, run, **kwargs):
+def build_plugin(node, run, **kwargs):
     """Instantiate the plugin ``node`` names (a detector, a captioner), handing it the run when its
     constructor takes one; a constructor's user-facing error is raised as is (Hydra would wrap it in a
     multi-line InstantiationException)."""

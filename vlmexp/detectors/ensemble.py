@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vlmexp.detectors.base import Detection, Detector, DetectorError, DetectorInput, build_detector, keep_confident
+from vlmexp.detectors.base import Detection, Detector, DetectorError, DetectorInput, build_plugin, keep_confident
 
 
 class EnsembleDetector(Detector):
@@ -18,7 +18,7 @@ class EnsembleDetector(Detector):
             raise DetectorError("detector.detectors: the ensemble lists no detectors")
         self.name, self.fused_threshold = name, fused_threshold
         # a member without its own conf_threshold takes the ensemble's (the group's detector.conf_threshold)
-        self.detectors = {key: build_detector(node, run, name=key, **({} if "conf_threshold" in node
+        self.detectors = {key: build_plugin(node, run, name=key, **({} if "conf_threshold" in node
                                                                      else {"conf_threshold": conf_threshold}))
                           for key, node in detectors.items()}
         self.class_map = {str(k): str(v) for k, v in (class_map or {}).items()}

@@ -23,7 +23,7 @@ from vlmexp.annotation.qa import generate_pairs
 from vlmexp.annotation.split import SPLITS, check_ratios, split_images
 from vlmexp.config.validate import check_target_keys
 from vlmexp.data.images import UnreadableImage, is_image, natural_key, open_image
-from vlmexp.detectors.base import DetectorInput, build_detector
+from vlmexp.detectors.base import DetectorInput, build_plugin
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.tasks.base import Splits, Task
 
@@ -70,11 +70,12 @@ class AnnotateTask(Task):
         if not cfg.data.root:
             raise ConfigError("task=annotate needs data.root (the folder of images to annotate)")
         self.ratios = check_ratios(self.split)
-        for key in ("detector", "captioner"):
+        for key, example in (("detector", "labels"), ("captioner", "engine")):
             if not cfg.get(key):
-                raise ConfigError(f"task=annotate needs a {key} (e.g. {key}=" +
-                                  ("labels" if key == "detector" else "engine") + ")")
+                raise ConfigError(f"task=annotate needs a {key} (e.g. {key}={example})")
             check_target_keys(cfg[key], key, exclude=("run",))
+        for name, node in self.template_nodes.items():
+            check_target_keys(node, f"task.qa_templates.{name}")
         self.run, self.root = run, Path(cfg.data.root).expanduser()
         self.seed = int(cfg.seed)
         self.templates = {name: instantiate(node) for name, node in self.template_nodes.items()}
@@ -85,8 +86,8 @@ class AnnotateTask(Task):
         samples = list_images(self.root)
         if not samples:
             raise DataError(f"data.root={self.root}: no images found")
-        self.detector = build_detector(cfg.detector, run)  # missing or wrong weights stop the run here
-        self.captioner = build_detector(cfg.captioner, run)
+        self.detector = build_plugin(cfg.detector, run)  # missing or wrong weights stop the run here
+        self.captioner = build_plugin(cfg.captioner, run)
         if getattr(self.captioner, "needs_engine", False) and not get_class(cfg.engine._target_).serves_model:
             raise ConfigError("captioner=engine asks the run's engine about each object, but this engine serves "
                               "no model: choose engine=hf, ollama or openai (or captioner=blip)")
