@@ -191,3 +191,12 @@ def test_ensemble_of_real_yolo_and_rtdetr(tmp_path, yolo_weights, rtdetr_folders
     assert all(found) and {d.label for f in found for d in f} == {"glass"}
     assert {s for f in found for d in f for s in d.sources} <= {"yolo", "rtdetr"}
     assert all(d.sources for f in found for d in f)
+
+
+def test_label_files_are_found_where_the_smoke_layouts_keep_them(tmp_path):
+    from vlmexp.detectors.labels import label_file
+
+    assert label_file(tmp_path / "images" / "x.jpg", tmp_path) == tmp_path / "labels" / "x.txt"  # D-Fire
+    assert label_file(tmp_path / "train" / "images" / "x.png", tmp_path) == tmp_path / "train" / "labels" / "x.txt"
+    assert label_file(tmp_path / "seq1" / "f_+060.jpg", tmp_path) == tmp_path / "seq1" / "f_+060.txt"  # beside
+    assert label_file(tmp_path / "images.jpg", tmp_path) == tmp_path / "images.txt"
