@@ -187,3 +187,31 @@ def test_annotate_with_an_ensemble_of_real_detectors(tmp_path):
     assert all(0 <= o["box"][0] <= o["box"][2] <= SIZE and 0 <= o["box"][1] <= o["box"][3] <= SIZE for o in objects)
     (found,) = mlflow.search_runs(experiment_names=["annotate"], output_format="list")
     assert found.data.metrics["boxes_glass"] == len(objects)
+
+
+@pytest.mark.parametrize("engine", ["ollama", "openai"])
+def test_annotate_captions_through_a_remote_engine(tmp_path, engine):
+    """captioner=engine with engine=ollama / openai: each object is one chat request to the server, with the
+    image (its box drawn) and the class's prompt; the answer is the object's caption."""
+    from tests.fake_servers import FakeServer, Reply
+
+    def prompt_back(request):  # the server answers with the question it was asked
+        return Reply(f"asked: {request.messages[-1].text}", 10, 5)
+
+    root, out = tmp_path / "shapes", tmp_path / "export"
+    truth = write_shapes_set(root, 3, seed=1)
+    with FakeServer(prompt_back, models=["qwen2.5vl:7b", "Qwen/Qwen2.5-VL-7B-Instruct"]) as server:
+        where = (f"engine.host={server.ollama_host}" if engine == "ollama"
+                 else f"engine.base_url={server.openai_base_url}")
+        result = run_cli(["task=annotate", f"data.root={root}", "model=qwen7b", f"engine={engine}", where,
+                          "++captioner.prompts={red square: 'a red square. What is next to it?'}",
+                          f"task.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"],
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(server.chats) == sum(len(v) for v in truth.values())
+    entries = json.loads((out / "annotations.json").read_text())["images"]
+    for entry in entries:
+        for obj in entry["objects"]:
+            prompt = ("a red square. What is next to it?" if obj["label"] == "red square"
+                      else f"a {obj['label']}. Describe where it is.")
+            assert obj["caption"] == f"asked: The red box marks {prompt}"
