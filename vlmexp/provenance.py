@@ -29,6 +29,10 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys}
     derived = getattr(get_class(cfg.task._target_), "derived_keys", ())  # keys applied after the predictions
     data["task"] = {k: v for k, v in data["task"].items() if k not in derived}
+    data["model"].pop("box_format", None)  # how generated Q&A write boxes, not what the model answers
+    for key in ("detector", "captioner"):  # task=annotate's plugins; absent (None) elsewhere
+        if data.get(key) is None:
+            data.pop(key, None)
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)
