@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import run_cli
 from tests.shapes import CELL, CLASSES, SIZE, write_shapes_set
@@ -88,6 +89,9 @@ def test_annotate_labelled_shapes_gives_exact_qa_and_a_registered_dataset(tmp_pa
     assert json.loads(dataset_input.dataset.profile)["images"] == 10
     client = mlflow.MlflowClient()
     assert {a.path for a in client.list_artifacts(found.info.run_id)} >= {"gallery.png", "dataset"}
+    (gallery,) = (tmp_path / "outputs").rglob("gallery.png")
+    with Image.open(gallery) as sheet:  # the 9 images with objects, 4 to a row of 320 px tiles + 84 px of text
+        assert sheet.size == (4 * 320, 3 * (320 + 84))
     assert {a.path for a in client.list_artifacts(found.info.run_id, "dataset")} == {
         f"dataset/{n}" for n in ("annotations.json", "train_llava.json", "val_llava.json", "test_llava.json",
                                  "train.jsonl", "val.jsonl", "test.jsonl")}
