@@ -147,7 +147,7 @@ def test_bad_annotate_input_is_one_line(tmp_path, override, message):
 def test_annotate_with_the_tiny_model_then_fine_tune_on_the_export(tmp_path, cache_dir, tiny_checkpoint):
     """Seed 003's chain: annotate with the tiny model as captioner, then task=vqa on the export as it is."""
     root, out = tmp_path / "shapes", tmp_path / "export"
-    write_shapes_set(root, 24, seed=5)
+    write_shapes_set(root, 12, seed=5)
     args = [*_annotate_args(root, out, cache_dir), "captioner.max_new_tokens=8", "logger=none"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,7 +155,7 @@ def test_annotate_with_the_tiny_model_then_fine_tune_on_the_export(tmp_path, cac
     assert all(o["caption"] for e in entries for o in e["objects"])  # the model answered for every object
 
     result = run_cli(["task=vqa", "data.format=llava", f"data.root={out}", "model=tiny", f"paths.cache_dir={cache_dir}",
-                      "train.epochs=3", "logger=none"], cwd=tmp_path)
+                      "train.epochs=2", "logger=none"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     held_out = [p for e in entries if e["split"] in ("val", "test") for p in e["qa"]]
     (samples_csv,) = Path(tmp_path, "outputs", "vqa").rglob("vqa_samples.csv")
