@@ -13,9 +13,9 @@ LAYERS = [
     {"errors", "atomic", "paths", "messages", "hardware", "runlock", "startup", "provenance", "content",
      "workdir", "plots"},
     {"config"},
-    {"data", "evaluation", "models", "tracking"},
+    {"data", "evaluation", "models", "tracking", "detectors", "annotation"},
     {"engines", "tasks", "trainers", "summary"},
-    {"runner", "compare", "report"},
+    {"runner", "compare", "report", "api"},
     {"cli", "__main__"},
 ]
 

@@ -20,8 +20,9 @@ COST_KEYS = ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens", "cost_per_
 
 def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     """Hash of the resolved config parts that affect predictions. The engine's own ``execution_keys``
-    (how it runs, not what it answers) and ``data.limit`` are left out, so that, for example, raising
-    data.limit or engine.concurrency reuses the finished predictions."""
+    (how it runs, not what it answers), the task's ``derived_keys`` (what it makes of the stored
+    predictions) and ``data.limit`` are left out, so that, for example, raising data.limit or
+    engine.concurrency reuses the finished predictions."""
     from hydra.utils import get_class
 
     execution_keys = get_class(cfg.engine._target_).execution_keys
@@ -30,6 +31,12 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
         data.pop(key, None)
     data["data"].pop("limit", None)
     data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys and k not in COST_KEYS}
+    derived = getattr(get_class(cfg.task._target_), "derived_keys", ())  # keys applied after the predictions
+    data["task"] = {k: v for k, v in data["task"].items() if k not in derived}
+    data["model"].pop("box_format", None)  # how generated Q&A write boxes, not what the model answers
+    for key in ("detector", "captioner"):  # task=annotate's plugins; absent (None) elsewhere
+        if data.get(key) is None:
+            data.pop(key, None)
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)

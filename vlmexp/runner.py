@@ -197,6 +197,8 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs
     ctx.tags.update(tags)
     config_file = ctx.output_dir / "resolved_config.yaml"
     config_file.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    # beside the checkpoint too, so vlmexp.load_vlm(<work dir>/checkpoint) knows the model family and prompts
+    write_text_atomic(ctx.work_dir / "resolved_config.yaml", config_file.read_text())
     overrides_file = ctx.output_dir / "overrides.yaml"
     overrides_file.write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
     tracker.log_artifact(config_file)

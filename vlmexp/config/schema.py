@@ -40,6 +40,8 @@ class ModelConfig:
     revision: str | None = None
     # Name of a smaller model config to switch to on CUDA out-of-memory at batch size 1.
     fallback: str | None = None
+    # How the model writes a box (``_target_``: vlmexp.annotation.boxes), for task=annotate's grounding answers.
+    box_format: Any = None
     notes: str = ""
 
 
@@ -150,6 +152,9 @@ class RunConfig:
     train: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # task=annotate's plugins (conf/detector/, conf/captioner/); the annotate task selects them.
+    detector: Any = None
+    captioner: Any = None
 
 
 def register_configs() -> None:

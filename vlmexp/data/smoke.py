@@ -41,6 +41,12 @@ class SmokeFrame:
 
 def read_yolo_labels(path: Path, smoke_classes: set[int]) -> list[list[float]]:
     """Smoke boxes of one label file; a malformed line raises DataError naming file and line."""
+    return [coords for cls, coords in read_yolo_boxes(path) if cls in smoke_classes]
+
+
+def read_yolo_boxes(path: Path) -> list[tuple[int, list[float]]]:
+    """``(class id, [cx, cy, w, h])`` of every line of a YOLO label file (none when the file is absent);
+    a malformed line raises DataError naming file and line."""
     if not path.is_file():
         return []
     boxes = []
@@ -57,8 +63,7 @@ def read_yolo_labels(path: Path, smoke_classes: set[int]) -> list[list[float]]:
                 raise ValueError("coordinates must be normalised to 0..1")
         except ValueError as exc:
             raise DataError(f"{path}:{lineno}: malformed YOLO label line {line.strip()!r} ({exc})") from None
-        if cls in smoke_classes:
-            boxes.append(coords)
+        boxes.append((cls, coords))
     return boxes
 
 

@@ -51,12 +51,16 @@ def _text(record: dict, key: str, where: str) -> str:
 class JsonlFormat:
     """``data.format=jsonl``: one {image_path, question, answer} object per line."""
 
+    file_name = "{split}.jsonl"  # a split's file in an exported dataset folder (data.root)
+
     def read(self, path: Path, split: str, image_dir: str | Path | None = None) -> list[VQASample]:
         return _jsonl_samples(path, split)
 
 
 class LlavaFormat:
     """``data.format=llava``: a LLaVA conversations JSON list; images under ``data.image_dir`` (else beside it)."""
+
+    file_name = "{split}_llava.json"
 
     def read(self, path: Path, split: str, image_dir: str | Path | None = None) -> list[VQASample]:
         return _llava_samples(path, Path(image_dir).expanduser() if image_dir else path.parent, split)

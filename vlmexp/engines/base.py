@@ -20,6 +20,8 @@ class Engine(ABC):
     #: Whether the engine holds the model in this process (so a run can fine-tune it first); such an
     #: engine is handed the fine-tuned model (``model``/``processor``) by the run's engine factory.
     trains_in_process: bool = False
+    #: Whether there is a model to ask at all (``engine=none`` has none).
+    serves_model: bool = True
     #: Config keys that change how requests are executed (batching, connections, retries), never what
     #: the model answers: left out of the run's fingerprint, so changing them reuses finished predictions.
     execution_keys: ClassVar[frozenset[str]] = frozenset({"batch_size"})

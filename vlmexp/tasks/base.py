@@ -49,6 +49,9 @@ class Task(ABC):
     sample_unit: str = "samples"
     #: ``data.<key>`` entries this task reads as files or folders; each is checked to exist up front.
     path_keys: tuple[str, ...] = ()
+    #: ``task.<key>`` entries applied only to the stored predictions (metrics, exports): left out of the run's
+    #: fingerprint, so changing them reuses the predictions.
+    derived_keys: tuple[str, ...] = ()
 
     def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None):
         self.name = name

@@ -32,7 +32,7 @@ _EXACT_MATCH_KEYS = {"val": "exact_match", "test": "test_exact_match"}
 class VQATask(Task):
     main_metric = "exact_match"
     sample_unit = "questions"
-    path_keys = ("train_file", "val_file", "test_file", "image_dir")
+    path_keys = ("train_file", "val_file", "test_file", "image_dir", "root")
 
     def __init__(self, name: str = "vqa", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
                  system_prompt: str | None = None, max_new_tokens: int = 32):
@@ -46,16 +46,19 @@ class VQATask(Task):
         fmt = data.format or "jsonl"
         reader = data_format(data, "jsonl")
         training, evaluating = "train" in mode, mode != "train"
-        if training and not data.train_file:
+        in_root = _files_in_root(data.get("root"), reader)
+        if training and not (data.train_file or in_root.get("train")):
             raise ConfigError(f"mode={mode} needs data.train_file (a data.format={fmt} file)")
-        if evaluating and not (data.val_file or data.test_file):
+        if evaluating and not (data.val_file or data.test_file or in_root.get("val") or in_root.get("test")):
             raise ConfigError(f"mode={mode} needs data.val_file or data.test_file to evaluate on")
-        files = {"train": data.train_file if training else None, "val": data.val_file,
-                 "test": data.test_file if evaluating else None}
+        files = {"train": (data.train_file or in_root.get("train")) if training else None,
+                 "val": data.val_file or in_root.get("val"),
+                 "test": (data.test_file or in_root.get("test")) if evaluating else None}
+        image_dir = data.image_dir or in_root.get("image_dir")
         loaded, missing_images = {}, 0
         for split, path in files.items():
             if path:
-                found = load_vqa_file(path, split, reader, data.image_dir)
+                found = load_vqa_file(path, split, reader, image_dir)
                 if not found.samples:
                     raise DataError(f"{path}: no question has an existing image" if found.missing_images
                                     else f"{path}: no questions (the file is empty)")
@@ -159,6 +162,20 @@ class VQATask(Task):
     def summary_keys(self) -> list[str]:
         return ["exact_match", "test_exact_match", "val_questions", "test_questions", "best_epoch",
                 "skipped_missing_images", "skipped_corrupt_images", "latency_p50_s"]
+
+
+def _files_in_root(root: str | None, reader) -> dict[str, Path]:
+    """With ``data.root`` (an exported dataset such as task=annotate's): the split files the format names
+    there (``train_llava.json`` / ``train.jsonl``, ...) that exist, and ``images/`` as the image folder."""
+    if not root:
+        return {}
+    folder = Path(root).expanduser()
+    pattern = getattr(reader, "file_name", None)  # a format's file name pattern, e.g. "{split}_llava.json"
+    found = {split: folder / pattern.format(split=split) for split in ("train", "val", "test")} if pattern else {}
+    found = {split: path for split, path in found.items() if path.is_file()}
+    if (folder / "images").is_dir():
+        found["image_dir"] = folder / "images"
+    return found
 
 
 def _share_correct(records: list[dict]) -> float:

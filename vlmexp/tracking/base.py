@@ -29,4 +29,8 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def log_input(self, name: str, source: str, digest: str, context: str | None = None,
+                  profile: dict | None = None) -> None:
+        """Register a dataset the run used or produced (``mlflow.log_input``)."""
+
     def end(self, status: str = "FINISHED") -> None: ...

@@ -246,6 +246,11 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put("artifact", [str(Path(path).resolve()), artifact_path])
 
+    def log_input(self, name: str, source: str, digest: str, context: str | None = None,
+                  profile: dict | None = None) -> None:
+        self._put("input", {"name": name, "source": source, "digest": digest, "context": context,
+                            "profile": profile})
+
     def end(self, status: str = "FINISHED") -> None:
         """Send what is queued and the run's status. When the server stopped answering, what is left
         is saved for the next run of the command: a finished run then fails with one line saying so
@@ -339,8 +344,19 @@ class MlflowTracker(Tracker):
                 client.log_artifacts(run_id, str(path), artifact_path)
             elif path.is_file():
                 client.log_artifact(run_id, str(path), artifact_path)
+        elif kind == "input":
+            self._send_input(payload)
         elif kind == "end":
             client.set_terminated(run_id, payload)
+
+    def _send_input(self, payload: dict) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        profile = json.dumps(payload["profile"]) if payload.get("profile") else None
+        dataset = Dataset(payload["name"], payload["digest"], "local", json.dumps({"uri": payload["source"]}),
+                          profile=profile)
+        tags = [InputTag("mlflow.data.context", payload["context"])] if payload.get("context") else None
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)])
 
     def _send_metrics(self, points: list) -> None:
         """One batch; a point the server already holds (sent by this process, or before a kill or an
