@@ -11,7 +11,7 @@ from tests.conftest import REPO
 # Lowest first; a unit may import units of its own layer or below.
 LAYERS = [
     {"errors", "atomic", "paths", "messages", "hardware", "runlock", "startup", "provenance", "content",
-     "workdir", "plots"},
+     "workdir", "plots", "distributed"},
     {"config"},
     {"data", "evaluation", "models", "tracking"},
     {"engines", "tasks", "trainers"},

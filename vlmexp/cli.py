@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from vlmexp import distributed
 from vlmexp.config.experiments import register_experiments
 from vlmexp.config.preflight import preflight
 from vlmexp.config.schema import register_configs
@@ -36,7 +37,19 @@ def _job(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+def _quiet_other_process() -> None:
+    """In a run of several processes, only the main one writes Hydra's run folder and log file and
+    shows progress: the others log warnings to the console and create no file."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout",
+                 "hydra.job_logging.root.level=WARNING"]
+
+
 def main() -> None:
+    if not distributed.is_main():
+        _quiet_other_process()
     register_configs()
     register_experiments()
     preflight(str(conf_dir()))
