@@ -15,7 +15,7 @@ LAYERS = [
     {"config"},
     {"data", "evaluation", "models", "tracking"},
     {"engines", "tasks", "trainers"},
-    {"runner"},
+    {"runner", "sweeps"},
     {"cli", "__main__"},
 ]
 

@@ -19,16 +19,20 @@ from vlmexp.paths import conf_dir
 log = logging.getLogger("vlmexp")
 
 
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vlmexp.runner import run
+    from vlmexp.runner import main_metric, run
 
     hc = HydraConfig.get()
-    sweep = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    # absolute: a launcher's job may run elsewhere (a SLURM node's working folder)
+    sweep = str(Path(hc.runtime.cwd, hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
     try:
-        run(cfg, output_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), sweep=sweep)
+        metrics = run(cfg, output_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), sweep=sweep)
+        # a sweeper that optimises (Optuna) reads the job's return value
+        metric = main_metric(cfg, metrics) if hc.mode == RunMode.MULTIRUN else None
+        return metrics.get(metric) if metric else None
     except VlmexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

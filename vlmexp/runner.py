@@ -172,6 +172,8 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
     run_name = f"{task.name}-{ctx.cfg.model.name}-{ctx.cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
+    if sweep:  # the job's folder in the sweep (its number)
+        run_name += f" #{ctx.output_dir.name}"
     run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep, state_dir=work_dir)
     if run_id:
         write_text_atomic(run_id_file, run_id)
@@ -189,11 +191,20 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     return metrics
 
 
+def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | None:
+    """What a sweep ranks this run by: ``sweep.metric``, else the first of the task's table in ``metrics``."""
+    if cfg.sweep.metric:
+        return cfg.sweep.metric
+    task = task if task is not None else build(cfg.task, _recursive_=False)
+    return next((k for k in task.summary_keys() if k in metrics), None)
+
+
 def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker.log_params(flatten(resolved))
-    tags = {"vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
+    tags = {"vlmexp.overrides": " ".join(overrides or []),
+            "vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
             "vlmexp.dataset_fingerprint": dataset_fingerprint(
                 {"train": splits.train, "val": splits.val, "test": splits.test}),
             "vlmexp.data_fingerprint": inputs["data_fingerprint"], "vlmexp.work_dir": str(ctx.work_dir),
@@ -233,6 +244,7 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
         metrics.update(_evaluate(ctx, task, engine, splits.test, unreadable))
     if distributed.is_main():
         _print_table(task, metrics)
+        ctx.tracker.set_tags({"vlmexp.main_metric": main_metric(ctx.cfg, metrics, task) or ""})
     return metrics
 
 

@@ -125,6 +125,14 @@ class PathsConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a sweep (``-m``) ranks its jobs: the parent run's best job, Optuna's objective."""
+
+    metric: str | None = None  # null: the first metric of the task's results table
+    direction: str = "maximize"  # maximize | minimize
+
+
+@dataclass
 class RunConfig:
     mode: Mode = MISSING
     seed: int = 42
@@ -138,6 +146,7 @@ class RunConfig:
     # Typed by the trainer group option (conf/trainer/: sft, classifier), which each task selects.
     train: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

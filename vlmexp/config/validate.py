@@ -35,7 +35,8 @@ def check_target_keys(node: DictConfig, key: str, *, exclude: tuple[str, ...] = 
             raise ConfigError(f"{key}.{name}: unknown key for {cls.__name__} (known keys: {options})")
 
 
-_TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths"}
+_TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths",
+              "sweep"}
 
 
 def validate(cfg: DictConfig) -> None:
