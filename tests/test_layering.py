@@ -11,11 +11,11 @@ from tests.conftest import REPO
 # Lowest first; a unit may import units of its own layer or below.
 LAYERS = [
     {"errors", "atomic", "paths", "messages", "hardware", "runlock", "startup", "provenance", "content",
-     "workdir", "plots"},
+     "workdir", "plots", "distributed"},
     {"config"},
     {"data", "evaluation", "models", "tracking", "detectors", "annotation"},
     {"engines", "tasks", "trainers", "summary"},
-    {"runner", "compare", "report", "api"},
+    {"runner", "compare", "report", "api", "sweeps"},
     {"cli", "__main__"},
 ]
 

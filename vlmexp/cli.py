@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from vlmexp import distributed
 from vlmexp.config.experiments import register_experiments
 from vlmexp.config.preflight import preflight
 from vlmexp.config.schema import register_configs
@@ -18,16 +19,20 @@ from vlmexp.paths import conf_dir
 log = logging.getLogger("vlmexp")
 
 
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vlmexp.runner import run
+    from vlmexp.runner import main_metric, run
 
     hc = HydraConfig.get()
-    sweep = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    # absolute: a launcher's job may run elsewhere (a SLURM node's working folder)
+    sweep = str(Path(hc.runtime.cwd, hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
     try:
-        run(cfg, output_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), sweep=sweep)
+        metrics = run(cfg, output_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task), sweep=sweep)
+        # a sweeper that optimises (Optuna) reads the job's return value
+        metric = main_metric(cfg, metrics) if hc.mode == RunMode.MULTIRUN else None
+        return metrics.get(metric) if metric else None
     except VlmexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -36,11 +41,23 @@ def _job(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+def _quiet_other_process() -> None:
+    """In a run of several processes, only the main one writes Hydra's run folder and log file and
+    shows progress: the others log warnings to the console and create no file."""
+    import os
+
+    os.environ["TQDM_DISABLE"] = "1"
+    sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout",
+                 "hydra.job_logging.root.level=WARNING"]
+
+
 #: ``vlmexp <name> ...``: commands over finished runs, beside the Hydra entry point (``vlmexp key=value``).
 SUBCOMMANDS = {"compare": "vlmexp.compare", "report": "vlmexp.report"}
 
 
 def main() -> None:
+    if not distributed.is_main():
+        _quiet_other_process()
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         import importlib
 

@@ -27,7 +27,7 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
 
     execution_keys = get_class(cfg.engine._target_).execution_keys
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("logger", "paths", "resume", "hydra", "eval"):
+    for key in ("logger", "paths", "resume", "hydra", "eval", "sweep"):
         data.pop(key, None)
     data["data"].pop("limit", None)
     data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys and k not in COST_KEYS}

@@ -13,11 +13,13 @@ from pathlib import Path
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vlmexp import distributed
 from vlmexp.atomic import write_text_atomic
 from vlmexp.config.validate import validate
 from vlmexp.content import HashCache, data_fingerprint
 from vlmexp.errors import VlmexpError
 from vlmexp.evaluation.bootstrap import confidence_intervals
+from vlmexp.evaluation.shards import evaluate_shared
 from vlmexp.evaluation.store import PredictionStore
 from vlmexp.evaluation.usage import cost_metrics, usage_metrics
 from vlmexp.paths import expand
@@ -119,39 +121,51 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     tracking store itself is checked first, before any model is built."""
     validate(cfg)
     mode = cfg.mode.value if hasattr(cfg.mode, "value") else str(cfg.mode)
+    distributed.init(cfg.hardware.device)
+    if cfg.hardware.multi_gpu and distributed.world_size() == 1:
+        log.warning("hardware=multi_gpu in a single process: launch with `accelerate launch -m vlmexp ...` (or "
+                    "torchrun) to train and evaluate on every GPU")
     cache_dir = expand(cfg.paths.cache_dir)
     check_writable(cache_dir)
     fingerprint = config_fingerprint(cfg, mode)
     task = build(cfg.task, _recursive_=False)
-    tracker = build(cfg.logger)
+    # Several processes (accelerate launch, torchrun): only the main one opens a tracking run and
+    # writes the run's files; the others train and evaluate their share of the data.
+    tracker = build(cfg.logger) if distributed.is_main() else Tracker()
     tracker.check()  # an unreachable tracking server stops the run before any model is built
     runs_dir = cache_dir / "runs" / cfg.task.name
     ctx = RunContext(cfg, Path(output_dir) if output_dir else runs_dir, runs_dir, tracker, fingerprint)
     seed_everything(cfg.seed)
-    splits = task.load_splits(ctx)  # data errors surface before any model is built
     engine_cls = get_class(cfg.engine._target_)
-    if "train" in mode or engine_cls.trains_in_process:
-        ctx.placement  # noqa: B018 - device/precision errors surface before the tracking run opens
-    # An engine that holds no model here is built now: a server that is down or lacks the model stops
-    # the run before anything is logged, and the model it serves keys the cache.
-    engine = task.evaluation_engine(ctx) if mode == "eval" and not engine_cls.trains_in_process else None
+    engine = None
     try:
-        identity = engine.model_identity() if engine is not None else engine_cls.identify(ctx)
-        samples = [s for split in (splits.train, splits.val, splits.test) for s in split or []]
-        data = data_fingerprint(cfg.data, samples, HashCache(cache_dir / "content_hashes.json"))
+        with distributed.main_first():  # data generated, models built and files hashed once
+            splits = task.load_splits(ctx)  # data errors surface before any model is built
+            if "train" in mode or engine_cls.trains_in_process:
+                ctx.placement  # noqa: B018 - device/precision errors surface before the tracking run opens
+            # An engine that holds no model here is built now: a server that is down or lacks the model
+            # stops the run before anything is logged, and the model it serves keys the cache.
+            engine = task.evaluation_engine(ctx) if mode == "eval" and not engine_cls.trains_in_process else None
+            identity = engine.model_identity() if engine is not None else engine_cls.identify(ctx)
+            samples = [s for split in (splits.train, splits.val, splits.test) for s in split or []]
+            data = data_fingerprint(cfg.data, samples, HashCache(cache_dir / "content_hashes.json"))
         work_dir = runs_dir / run_key(fingerprint, data, identity)
-        lock = RunLock(work_dir).acquire()
+        lock = RunLock(work_dir).acquire() if distributed.is_main() else None
         try:
             inputs = {"config_fingerprint": fingerprint, "data_fingerprint": data, "model_identity": identity}
-            prepare_work_dir(work_dir, inputs, resume=cfg.resume)
-            if "train" in mode:
-                check_free_space(work_dir, cfg.paths.min_free_gb)
+            with distributed.main_first():
+                if distributed.is_main():
+                    prepare_work_dir(work_dir, inputs, resume=cfg.resume)
+                    if "train" in mode:
+                        check_free_space(work_dir, cfg.paths.min_free_gb)
             ctx.work_dir, ctx.model_identity = work_dir, identity
             ctx.output_dir = Path(output_dir or work_dir / "output")
-            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            if distributed.is_main():
+                ctx.output_dir.mkdir(parents=True, exist_ok=True)
             return _tracked(ctx, task, splits, mode, engine, inputs, overrides, sweep)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
     except BaseException:
         if engine is not None:
             engine.close()  # evaluation closes it too; closing twice is harmless
@@ -163,11 +177,14 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
     run_name = f"{task.name}-{ctx.cfg.model.name}-{ctx.cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
+    if sweep:  # the job's folder in the sweep (its number)
+        run_name += f" #{ctx.output_dir.name}"
     run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep, state_dir=work_dir)
     if run_id:
         write_text_atomic(run_id_file, run_id)
     try:
-        _log_run_inputs(ctx, splits, overrides, inputs)
+        if distributed.is_main():
+            _log_run_inputs(ctx, splits, overrides, inputs)
         metrics = _execute(ctx, task, splits, mode, engine)
     except KeyboardInterrupt:
         tracker.end("KILLED")
@@ -179,11 +196,20 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     return metrics
 
 
+def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | None:
+    """What a sweep ranks this run by: ``sweep.metric``, else the first of the task's table in ``metrics``."""
+    if cfg.sweep.metric:
+        return cfg.sweep.metric
+    task = task if task is not None else build(cfg.task, _recursive_=False)
+    return next((k for k in task.summary_keys() if k in metrics), None)
+
+
 def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker.log_params(flatten(resolved))
-    tags = {"vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
+    tags = {"vlmexp.overrides": " ".join(overrides or []),
+            "vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
             "vlmexp.dataset_fingerprint": dataset_fingerprint(
                 {"train": splits.train, "val": splits.val, "test": splits.test}),
             "vlmexp.data_fingerprint": inputs["data_fingerprint"], "vlmexp.work_dir": str(ctx.work_dir),
@@ -218,7 +244,8 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
         result = trainer.fit(ctx, task, splits)
         ctx.checkpoint = str(result.checkpoint_dir)
         unreadable = set(result.unreadable)
-        _log_training_outputs(ctx, result)
+        if distributed.is_main():
+            _log_training_outputs(ctx, result)
         if mode == "train_eval":
             engine = task.evaluation_engine(ctx, result)
         metrics["best_epoch"] = float(result.best_epoch)
@@ -230,6 +257,9 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
     from vlmexp.summary import write_summary
 
     ctx.tracker.log_artifact(write_summary(ctx, task, splits, metrics))
+    if distributed.is_main():
+        _print_table(task, metrics)
+        ctx.tracker.set_tags({"vlmexp.main_metric": main_metric(ctx.cfg, metrics, task) or ""})
     return metrics
 
 
@@ -246,16 +276,20 @@ def _log_training_outputs(ctx: RunContext, result) -> None:
 
 
 def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: set[str]) -> dict[str, float]:
-    store = PredictionStore(ctx.work_dir / "predictions.jsonl")
+    """Evaluate the samples; with several processes, each its share (the main process then holds
+    every record, and computes and logs the metrics alone: the others return none)."""
     loop = build(task.evaluator)
     began = time.perf_counter()
     try:
-        records = loop.run(task, engine, samples, store, desc=f"evaluate {task.name}")
+        records, reused = evaluate_shared(loop, task, engine, samples, ctx.work_dir / "predictions.jsonl",
+                                          desc=f"evaluate {task.name}")
         identity = engine.model_identity()
     finally:
         engine.close()
+    if records is None:
+        return {}
     elapsed = time.perf_counter() - began
-    tags = {"vlmexp.reused_predictions": str(getattr(loop, "reused", 0))}
+    tags = {"vlmexp.reused_predictions": str(reused)}
     # What only the evaluation revealed (an OpenAI server's system_fingerprint).
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in identity.items() if k not in ctx.model_identity})
     ctx.tracker.set_tags(tags)

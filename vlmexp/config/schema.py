@@ -138,6 +138,14 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a sweep (``-m``) ranks its jobs: the parent run's best job, Optuna's objective."""
+
+    metric: str | None = None  # null: the first metric of the task's results table
+    direction: str = "maximize"  # maximize | minimize
+
+
+@dataclass
 class RunConfig:
     mode: Mode = MISSING
     seed: int = 42
@@ -155,6 +163,7 @@ class RunConfig:
     # task=annotate's plugins (conf/detector/, conf/captioner/); the annotate task selects them.
     detector: Any = None
     captioner: Any = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

@@ -37,7 +37,7 @@ def check_target_keys(node: DictConfig, key: str, *, exclude: tuple[str, ...] = 
 
 
 _TOP_LEVEL = {"mode", "seed", "resume", "task", "model", "engine", "hardware", "logger", "data", "train", "paths",
-              "eval", "detector", "captioner"}
+              "eval", "detector", "captioner", "sweep"}
 
 
 def validate(cfg: DictConfig) -> None:

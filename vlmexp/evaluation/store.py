@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vlmexp.atomic import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -34,9 +36,13 @@ class PredictionStore:
         self.repair_tail()
         with self.path.open("a", encoding="utf-8") as fh:
             for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
+                fh.write(_line(record))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def rewrite(self, records: Iterable[dict]) -> None:
+        """Replace the file with ``records``, atomically (a kill leaves the old file or the new one)."""
+        write_text_atomic(self.path, "".join(_line(record) for record in records))
 
     def repair_tail(self) -> None:
         """Make the file end with a whole line, so the next record does not land on a torn one: a last
@@ -60,6 +66,10 @@ class PredictionStore:
                 fh.truncate(start)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n"
 
 
 def _parse(line: bytes) -> dict | None:

@@ -34,3 +34,13 @@ class Tracker:
         """Register a dataset the run used or produced (``mlflow.log_input``)."""
 
     def end(self, status: str = "FINISHED") -> None: ...
+
+    # -- sweeps (``-m``): called by the sweep callback, once, in the process that launches the jobs --
+    def open_sweep(self, sweep_dir: Path, name: str) -> str | None:
+        """Make the sweep's parent run before any job starts, and note it in ``sweep_dir``, where every
+        job's :meth:`start` (given ``sweep=sweep_dir``) finds it."""
+        return None
+
+    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str) -> dict | None:
+        """After the last job: the summary of the jobs on the parent run (and returned), which ends."""
+        return None

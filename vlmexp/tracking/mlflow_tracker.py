@@ -33,6 +33,7 @@ MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 MAX_PARAMS_PER_BATCH = 100  # and on the params (or tags) of one log_batch call
 MAX_METRICS_PER_BATCH = 1000
 CLAIM_TAG, CLAIM_FILE = "vlmexp.run_claim", "mlflow_run_claim"  # see _orphan
+PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the id of the sweep's parent run
 PENDING_FILE = "mlflow_pending.jsonl"  # in the run's work dir: what a run could not send
 PROBE_TRIES, PROBE_TIMEOUT_S = 2, 3.0
 RETRY_MAX_S = 10.0  # the longest pause between two tries while the server does not answer
@@ -157,8 +158,9 @@ class MlflowTracker(Tracker):
                 tags = {"vlmexp.sweep": sweep} if sweep else {}
                 if state_dir is not None:  # set at creation, so a run killed before it noted its id is found
                     tags[CLAIM_TAG] = self._claim(state_dir)
-                if sweep:
-                    tags["mlflow.parentRunId"] = self._sweep_parent(experiment_id, sweep)
+                parent = self._sweep_parent(sweep) if sweep else None
+                if parent:
+                    tags["mlflow.parentRunId"] = parent
                 run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
                 self.run_id = run.info.run_id
         except Exception as exc:
@@ -213,17 +215,33 @@ class MlflowTracker(Tracker):
             return False
         return run.info.status != "FINISHED" and run.info.lifecycle_stage == "active"
 
-    def _sweep_parent(self, experiment_id: str, sweep: str) -> str:
-        """The parent run grouping a multirun's jobs: found by tag, created by the first job."""
-        client = self._client
-        existing = client.search_runs([experiment_id], filter_string=f"tags.`vlmexp.sweep_parent` = '{sweep}'",
-                                      max_results=1)
-        if existing:
-            return existing[0].info.run_id
-        parent = client.create_run(experiment_id, run_name=f"sweep {Path(sweep).name}",
-                                   tags={"vlmexp.sweep_parent": sweep, "vlmexp.sweep": sweep})
-        client.set_terminated(parent.info.run_id, "FINISHED")
+    def _sweep_parent(self, sweep: str) -> str | None:
+        """The parent run the sweep's callback made before any job started (its id is in the sweep
+        folder, which every launcher's jobs see); None when the sweep ran without the callback."""
+        path = Path(sweep) / PARENT_FILE
+        if path.is_file():
+            return path.read_text().strip()
+        log.warning("%s: no sweep parent run (hydra.callbacks.sweep is not configured); this job's run stands "
+                    "alone", path)
+        return None
+
+    # -- sweeps: the parent run, made before the first job and summarised after the last --------
+    def open_sweep(self, sweep_dir: Path, name: str) -> str:
+        self.check()
+        self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
+        parent = client.create_run(self._experiment_id(), run_name=name,
+                                   tags={"vlmexp.sweep_parent": str(sweep_dir), "vlmexp.sweep": str(sweep_dir)})
+        write_text_atomic(Path(sweep_dir) / PARENT_FILE, parent.info.run_id)
         return parent.info.run_id
+
+    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str) -> dict | None:
+        from vlmexp.tracking.sweep_summary import summarise
+
+        path = Path(sweep_dir) / PARENT_FILE
+        if not path.is_file():
+            return None
+        client = self._mlflow.MlflowClient(self.tracking_uri)
+        return summarise(client, path.read_text().strip(), Path(sweep_dir), metric, direction)
 
     # -- records: queued here, sent by the worker -----------------------------------------------
     def _put(self, kind: str, payload: Any) -> None:

@@ -177,11 +177,13 @@ class ClassifierTrainer(Objective):
         self.module.eval()
         stages, checkpoint = self._stages, run.work_dir / "checkpoint"
         changed = self.backbone_changed and any(s.backbone != "frozen" for s in stages[:self.best_stage + 1])
-        self.classifier.save(checkpoint, backbone_changed=changed)
-        summary = {"data": self.data_fingerprint, "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
-                   "history": progress.history, "trainable_params": self.trainable, "total_params": self.total,
-                   "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
-        write_text_atomic(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if self.accelerator.is_main_process:  # one checkpoint, written by the main process
+            self.classifier.save(checkpoint, backbone_changed=changed)
+            summary = {"data": self.data_fingerprint, "best_epoch": stopper.best_epoch,
+                       "best_val_loss": stopper.best, "history": progress.history, "trainable_params": self.trainable,
+                       "total_params": self.total, "stages": [{"name": s.name, "backbone": s.backbone} for s in stages]}
+            write_text_atomic(checkpoint / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
         return TrainResult(self.classifier, self.processor, checkpoint, stopper.best_epoch, progress.history)
 
     def _reuse(self, run, checkpoint: Path) -> TrainResult:
@@ -206,7 +208,11 @@ class ClassifierTrainer(Objective):
 
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
                                              collate_fn=_RequestCollator(classifier.processor, classifier.adapter))
-        accelerator.prepare_model(module, evaluation_mode=True)  # device placement only
+        # Device placement only: accelerator.prepare_model here would register the module, and the loop's
+        # prepare then leaves it without DDP (the processes' gradients never averaged). A quantised
+        # backbone was placed when loaded.
+        quantised = getattr(module.backbone, "hf_quantizer", None) is not None
+        (module.head if quantised else module).to(accelerator.device)
         module.eval()
         feats, labels = [], []
         with torch.no_grad(), accelerator.autocast():

@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from vlmexp import distributed
 from vlmexp.errors import VlmexpError
 from vlmexp.trainers.stages import Stage
 
@@ -198,11 +199,19 @@ class TrainingLoop:
                                              collate_fn=data.collate)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+        # Counted in optimizer steps (each process takes every N-th batch), given to the scheduler in its
+        # own steps: accelerate steps a prepared scheduler once per process at every optimizer step.
+        processes = accelerator.num_processes
+        steps_per_epoch = max(1, math.ceil(math.ceil(len(loader) / processes) / cfg.grad_accum))
         total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps) * processes,
+                                                    total_steps * processes)
         model, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
         stopper.patience, stopper.bad = cfg.patience, 0
+        effective = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+        run.tracker.log_metrics({"effective_batch_size": effective}, step=index + 1)
+        log.info("%s: %d examples per optimizer step (%d per process x %d processes x %d accumulated)",
+                 stage.name, effective, cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
         first_epoch, stage_steps = progress.epoch, 0
         saved = objective.load_state(run, optimizer, scheduler, generator) if objective.resumable else None
         if saved is not None:
@@ -243,7 +252,7 @@ class TrainingLoop:
                 if accelerator.sync_gradients:
                     progress.step += 1
                     stage_steps += 1
-                    value = float(loss.detach())
+                    value = float(accelerator.reduce(loss.detach(), "mean"))  # over the processes
                     epoch_losses.append(value)
                     progress.history["train"].append((epoch - 1 + min(1.0, len(epoch_losses) / steps_per_epoch),
                                                       value))
@@ -254,7 +263,8 @@ class TrainingLoop:
                         validate(progress.step, suffix="_step")
                 if cfg.max_steps and stage_steps >= cfg.max_steps:
                     break
-            val_loss = validate(epoch)
+            # decided once, by the main process: every process stops and keeps the same epoch
+            val_loss = distributed.broadcast(validate(epoch))
             progress.history["val"].append((epoch, val_loss))
             improved = stopper.update(epoch, val_loss)
             log.info("epoch %d (%s): val_loss %.4f%s", epoch, stage.name, val_loss, " (best)" if improved else "")

@@ -143,7 +143,15 @@ class SFTTrainer(Objective):
         return StageData(self.train_set, self.val_set, self._collate())
 
     def loss(self, model, batch):
-        return self.adapter.forward(model, batch).loss
+        """Mean loss per answer token of the batch; over the processes' batches together when there are
+        several (DDP averages their gradients, so each process's mean is weighted by its share of the
+        tokens): the same gradient as one process with the whole batch."""
+        loss = self.adapter.forward(model, batch).loss
+        processes = self.accelerator.num_processes
+        if processes == 1:
+            return loss
+        tokens = (batch["labels"][:, 1:] != -100).sum().float()
+        return loss * tokens * processes / self.accelerator.reduce(tokens.detach().clone(), "sum")
 
     def validation_loss(self, model, data: StageData, accelerator) -> float | None:
         if self.val_loader is None:

@@ -20,6 +20,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+from vlmexp.distributed import device_for
 from vlmexp.errors import ConfigError, EngineError
 from vlmexp.messages import ChatRequest
 from vlmexp.models.adapters.base import ModelAdapter, ModelParts
@@ -64,7 +65,7 @@ class MoondreamAdapter(ModelAdapter):
         # loop's wrappers (DDP, peft, accelerate's autocast) sit around it as around any model's.
         model.forward = types.MethodType(supervised_forward, model)
         if not for_training:
-            model.to(placement.device)
+            model.to(device_for(placement.device))
         model.eval()
         return model
 

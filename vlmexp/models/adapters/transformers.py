@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmexp.distributed import local_rank, world_size
 from vlmexp.errors import DataError, EngineError
 from vlmexp.messages import ChatRequest, ImagePart, TextPart, VideoPart
 from vlmexp.models.adapters.base import ModelAdapter, ModelParts
@@ -122,7 +123,8 @@ class TransformersAdapter(ModelAdapter):
                 bnb_4bit_compute_dtype=placement.torch_dtype(), bnb_4bit_quant_type="nf4")
             kwargs["device_map"] = {"": 0}
         elif placement.device == "cuda" and not for_training:
-            kwargs["device_map"] = "auto"  # spreads large models over the visible GPUs
+            # one process: spread large models over the visible GPUs; several: each on its own GPU
+            kwargs["device_map"] = {"": local_rank()} if world_size() > 1 else "auto"
         model = from_pretrained(AutoModelForImageTextToText, checkpoint, model_cfg, **kwargs)
         if "device_map" not in kwargs and not for_training:
             model.to(placement.device)
