@@ -227,17 +227,38 @@ class HFEngine(Engine):
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's tokens, end-of-turn token included, given the
-        prompt: one forward pass per batch over every (request, candidate) pair."""
+        prompt: one forward pass over each batch of prompts, then the candidates' tokens from the
+        prompts' cached keys/values (see :mod:`vlmexp.engines.scoring`)."""
         if not self.adapter.supports_scoring:
             raise EngineError(f"model={self._model_label()}: engine=hf cannot score candidate answers for this model "
                               "(its adapter builds no aligned logits); use a task setting that generates answers")
-        return self._in_batches(requests, max(1, len(candidates)), lambda chunk: self._score_chunk(chunk, candidates))
+        if not candidates:
+            return [[] for _ in requests]
+        return self._in_batches(requests, 1, lambda chunk: self._score_chunk(chunk, candidates))
 
     def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         import torch
 
-        eos = self.tokenizer.eos_token or ""
+        from vlmexp.engines.scoring import candidate_token_ids, score_cached
+
         prompts = [self._prompt_text(r) for r in chunk]
+        token_ids = candidate_token_ids(self.tokenizer, prompts, candidates, self.tokenizer.eos_token or "")
+        if token_ids is None:  # a candidate merges into the prompt's last token: score whole texts
+            return self._score_chunk_whole(chunk, prompts, candidates)
+        inputs = self._encode(prompts, chunk, "left")
+        began = time.perf_counter()
+        with torch.inference_mode():
+            scores = score_cached(self.adapter, self.model, inputs, token_ids, self.tokenizer.pad_token_id)
+        self._generate_seconds += time.perf_counter() - began
+        return scores
+
+    def _score_chunk_whole(self, chunk: list[ChatRequest], prompts: list[str],
+                           candidates: Sequence[str]) -> list[list[float]]:
+        """Every (request, candidate) text through the model in full: for tokenizers that merge a
+        candidate's first characters into the end of the prompt."""
+        import torch
+
+        eos = self.tokenizer.eos_token or ""
         pairs = [(r, p, c) for r, p in zip(chunk, prompts) for c in candidates]
         prompt_lens = [len(self._encode([p], [r], "right")["input_ids"][0]) for r, p in zip(chunk, prompts)]
         inputs = self._encode([p + c + eos for _, p, c in pairs], [r for r, _, _ in pairs], "right")
