@@ -234,7 +234,8 @@ class HFEngine(Engine):
                               "(its adapter builds no aligned logits); use a task setting that generates answers")
         if not candidates:
             return [[] for _ in requests]
-        return self._in_batches(requests, 1, lambda chunk: self._score_chunk(chunk, candidates))
+        # batch_size counts rows of the candidates' pass: the prompts' cache is repeated per candidate
+        return self._in_batches(requests, len(candidates), lambda chunk: self._score_chunk(chunk, candidates))
 
     def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         import torch
