@@ -179,12 +179,27 @@ class HFEngine(Engine):
                                    self.model_cfg.get("revision"))
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
-        return self._in_batches(requests, 1, self._generate_chunk)
+        """Answers in the order of ``requests``. They are batched by prompt length (less padding), and
+        the next batch is encoded (processor: image resizing, tokenising) in a background thread while
+        the model generates the current one."""
+        from vlmexp.engines.pipeline import EncodeAhead, by_prompt_length
 
-    def _generate_chunk(self, chunk: list[ChatRequest]) -> list[Generation]:
+        order = by_prompt_length(requests)
+        ordered = [requests[i] for i in order]
+        with EncodeAhead(ordered, self._encode_requests) as ahead:
+            answers = self._in_batches(ordered, 1, lambda chunk: self._generate_chunk(chunk, ahead.take(chunk)))
+        results: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
+        for position, index in enumerate(order):
+            results[index] = answers[position]
+        return results
+
+    def _encode_requests(self, chunk: Sequence[ChatRequest]):
+        return self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
+
+    def _generate_chunk(self, chunk: list[ChatRequest], inputs=None) -> list[Generation]:
         import torch
 
-        inputs = self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
+        inputs = inputs if inputs is not None else self._encode_requests(chunk)
         max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
         began = time.perf_counter()
         with torch.inference_mode():
