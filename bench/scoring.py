@@ -28,7 +28,12 @@ def main() -> None:
     parser.add_argument("--candidates", default="no,yes", help="comma-separated answers to score")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from vlmexp.engines.hf import HFEngine
 
