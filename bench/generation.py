@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
     args = parser.parse_args()
     if args.threads:
         import torch

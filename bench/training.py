@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
     args = parser.parse_args()
     import torch
     from hydra.utils import instantiate
