@@ -82,11 +82,14 @@ def build(node, *, partial: bool = False, **kwargs):
         raise
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, torch: bool = True) -> None:
+    """Seed Python's and numpy's generators, and with ``torch`` torch's (through accelerate)."""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)
+    if not torch:
+        return
     try:
         from accelerate.utils import set_seed
 
@@ -122,9 +125,10 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     tracker.check()  # an unreachable tracking server stops the run before any model is built
     runs_dir = cache_dir / "runs" / cfg.task.name
     ctx = RunContext(cfg, Path(output_dir) if output_dir else runs_dir, runs_dir, tracker, fingerprint)
-    seed_everything(cfg.seed)
-    splits = task.load_splits(ctx)  # data errors surface before any model is built
     engine_cls = get_class(cfg.engine._target_)
+    # torch only where this process runs a model: importing it costs a remote-engine run seconds
+    seed_everything(cfg.seed, torch="train" in mode or engine_cls.trains_in_process)
+    splits = task.load_splits(ctx)  # data errors surface before any model is built
     if "train" in mode or engine_cls.trains_in_process:
         ctx.placement  # noqa: B018 - device/precision errors surface before the tracking run opens
     # An engine that holds no model here is built now: a server that is down or lacks the model stops
