@@ -243,16 +243,21 @@ class HFEngine(Engine):
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's tokens, end-of-turn token included, given the
         prompt: one forward pass over each batch of prompts, then the candidates' tokens from the
-        prompts' cached keys/values (see :mod:`vlmexp.engines.scoring`)."""
+        prompts' cached keys/values (see :mod:`vlmexp.engines.scoring`); the next batch's prompts are
+        encoded in a background thread meanwhile."""
         if not self.adapter.supports_scoring:
             raise EngineError(f"model={self._model_label()}: engine=hf cannot score candidate answers for this model "
                               "(its adapter builds no aligned logits); use a task setting that generates answers")
         if not candidates:
             return [[] for _ in requests]
-        # batch_size counts rows of the candidates' pass: the prompts' cache is repeated per candidate
-        return self._in_batches(requests, len(candidates), lambda chunk: self._score_chunk(chunk, candidates))
+        from vlmexp.engines.pipeline import EncodeAhead
 
-    def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
+        # batch_size counts rows of the candidates' pass: the prompts' cache is repeated per candidate
+        with EncodeAhead(requests, self._encode_requests) as ahead:
+            return self._in_batches(requests, len(candidates),
+                                    lambda chunk: self._score_chunk(chunk, candidates, ahead))
+
+    def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str], ahead=None) -> list[list[float]]:
         import torch
 
         from vlmexp.engines.scoring import candidate_token_ids, score_cached
@@ -261,7 +266,7 @@ class HFEngine(Engine):
         token_ids = candidate_token_ids(self.tokenizer, prompts, candidates, self.tokenizer.eos_token or "")
         if token_ids is None:  # a candidate merges into the prompt's last token: score whole texts
             return self._score_chunk_whole(chunk, prompts, candidates)
-        inputs = self._encode(prompts, chunk, "left")
+        inputs = ahead.take(chunk) if ahead is not None else self._encode(prompts, chunk, "left")
         began = time.perf_counter()
         with torch.inference_mode():
             scores = score_cached(self.adapter, self.model, inputs, token_ids, self.tokenizer.pad_token_id)
