@@ -89,11 +89,14 @@ def build(node, *, partial: bool = False, **kwargs):
         raise
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, torch: bool = True) -> None:
+    """Seed Python's and numpy's generators, and with ``torch`` torch's (through accelerate)."""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)
+    if not torch:
+        return
     try:
         from accelerate.utils import set_seed
 
@@ -135,8 +138,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     tracker.check()  # an unreachable tracking server stops the run before any model is built
     runs_dir = cache_dir / "runs" / cfg.task.name
     ctx = RunContext(cfg, Path(output_dir) if output_dir else runs_dir, runs_dir, tracker, fingerprint)
-    seed_everything(cfg.seed)
     engine_cls = get_class(cfg.engine._target_)
+    # torch only where this process runs a model: importing it costs a remote-engine run seconds
+    seed_everything(cfg.seed, torch="train" in mode or engine_cls.trains_in_process)
     engine = None
     try:
         with distributed.main_first():  # data generated, models built and files hashed once

@@ -179,12 +179,27 @@ class HFEngine(Engine):
                                    self.model_cfg.get("revision"))
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
-        return self._in_batches(requests, 1, self._generate_chunk)
+        """Answers in the order of ``requests``. They are batched by prompt length (less padding), and
+        the next batch is encoded (processor: image resizing, tokenising) in a background thread while
+        the model generates the current one."""
+        from vlmexp.engines.pipeline import EncodeAhead, by_prompt_length
 
-    def _generate_chunk(self, chunk: list[ChatRequest]) -> list[Generation]:
+        order = by_prompt_length(requests)
+        ordered = [requests[i] for i in order]
+        with EncodeAhead(ordered, self._encode_requests) as ahead:
+            answers = self._in_batches(ordered, 1, lambda chunk: self._generate_chunk(chunk, ahead.take(chunk)))
+        results: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
+        for position, index in enumerate(order):
+            results[index] = answers[position]
+        return results
+
+    def _encode_requests(self, chunk: Sequence[ChatRequest]):
+        return self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
+
+    def _generate_chunk(self, chunk: list[ChatRequest], inputs=None) -> list[Generation]:
         import torch
 
-        inputs = self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
+        inputs = inputs if inputs is not None else self._encode_requests(chunk)
         max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
         began = time.perf_counter()
         with torch.inference_mode():
@@ -227,17 +242,44 @@ class HFEngine(Engine):
 
     def score(self, requests: Sequence[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
         """Sum of log-probabilities of each candidate's tokens, end-of-turn token included, given the
-        prompt: one forward pass per batch over every (request, candidate) pair."""
+        prompt: one forward pass over each batch of prompts, then the candidates' tokens from the
+        prompts' cached keys/values (see :mod:`vlmexp.engines.scoring`); the next batch's prompts are
+        encoded in a background thread meanwhile."""
         if not self.adapter.supports_scoring:
             raise EngineError(f"model={self._model_label()}: engine=hf cannot score candidate answers for this model "
                               "(its adapter builds no aligned logits); use a task setting that generates answers")
-        return self._in_batches(requests, max(1, len(candidates)), lambda chunk: self._score_chunk(chunk, candidates))
+        if not candidates:
+            return [[] for _ in requests]
+        from vlmexp.engines.pipeline import EncodeAhead
 
-    def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str]) -> list[list[float]]:
+        # batch_size counts rows of the candidates' pass: the prompts' cache is repeated per candidate
+        with EncodeAhead(requests, self._encode_requests) as ahead:
+            return self._in_batches(requests, len(candidates),
+                                    lambda chunk: self._score_chunk(chunk, candidates, ahead))
+
+    def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str], ahead=None) -> list[list[float]]:
+        import torch
+
+        from vlmexp.engines.scoring import candidate_token_ids, score_cached
+
+        prompts = [self._prompt_text(r) for r in chunk]
+        token_ids = candidate_token_ids(self.tokenizer, prompts, candidates, self.tokenizer.eos_token or "")
+        if token_ids is None:  # a candidate merges into the prompt's last token: score whole texts
+            return self._score_chunk_whole(chunk, prompts, candidates)
+        inputs = ahead.take(chunk) if ahead is not None else self._encode(prompts, chunk, "left")
+        began = time.perf_counter()
+        with torch.inference_mode():
+            scores = score_cached(self.adapter, self.model, inputs, token_ids, self.tokenizer.pad_token_id)
+        self._generate_seconds += time.perf_counter() - began
+        return scores
+
+    def _score_chunk_whole(self, chunk: list[ChatRequest], prompts: list[str],
+                           candidates: Sequence[str]) -> list[list[float]]:
+        """Every (request, candidate) text through the model in full: for tokenizers that merge a
+        candidate's first characters into the end of the prompt."""
         import torch
 
         eos = self.tokenizer.eos_token or ""
-        prompts = [self._prompt_text(r) for r in chunk]
         pairs = [(r, p, c) for r, p in zip(chunk, prompts) for c in candidates]
         prompt_lens = [len(self._encode([p], [r], "right")["input_ids"][0]) for r, p in zip(chunk, prompts)]
         inputs = self._encode([p + c + eos for _, p, c in pairs], [r for r, _, _ in pairs], "right")

@@ -64,6 +64,17 @@ def end_token_text(tokenizer, suffix: str) -> str:
     return tokenizer.eos_token
 
 
+def answer_token_count(tokenizer, prompt: str, text: str) -> int:
+    """How many of ``text``'s last tokens come after ``prompt``'s, from the text alone: the processor
+    only expands image placeholders inside the prompt, so the answer's tokens are the same with images.
+    DataError when the prompt's tokens are not a prefix of the text's (the tokenizer merges them)."""
+    prompt_ids, ids = tokenizer([prompt, text])["input_ids"]
+    if len(ids) <= len(prompt_ids) or ids[:len(prompt_ids)] != prompt_ids:
+        raise DataError("the tokenizer merges the answer's first characters into the end of the generation "
+                        "prompt; answer-only loss cannot be masked for this processor")
+    return len(ids) - len(prompt_ids)
+
+
 def pad_and_stack(features: Sequence[dict | None], pad_token_id: int) -> dict:
     """Right-pad per-token tensors; concatenate the rest (pixel values, grid sizes) along dim 0.
     Examples that could not be built (None) are left out; an all-None batch gives ``{}``."""
@@ -170,16 +181,10 @@ class TransformersAdapter(ModelAdapter):
         return prompt, prompt + rest[:end] + end_token_text(tokenizer, rest[end:])
 
     def supervised_features(self, processor, request: ChatRequest, answer: str) -> dict:
-        import torch
-
         prompt, text = self.supervised_text(processor, request, answer)
-        full = self._processor_inputs(processor, [text], [request])
-        prompt_ids = self._processor_inputs(processor, [prompt], [request])["input_ids"][0]
+        full = self._processor_inputs(processor, [text], [request])  # the one pass with images
         ids = full["input_ids"][0]
-        n = len(prompt_ids)
-        if len(ids) <= n or not torch.equal(ids[:n], prompt_ids):
-            raise DataError("the tokenizer merges the answer's first characters into the end of the generation "
-                            "prompt; answer-only loss cannot be masked for this processor")
+        n = len(ids) - answer_token_count(getattr(processor, "tokenizer", processor), prompt, text)
         labels = ids.clone()
         labels[:n] = IGNORE_INDEX
         features = dict(full.items())

@@ -1,0 +1,75 @@
+"""What the CPU benchmarks share: the model, the smoke-task images and requests, interleaved timing.
+
+Every benchmark times vlmexp's path and its baseline in one process, alternating them repetition by
+repetition, so load from other processes on a shared machine hits both alike; ratios are the figure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SYSTEM = ("You are an early-fire detection agent. Answer ONLY with a valid JSON matching this schema: "
+          '{"has_smoke": bool, "bbox": [x_center, y_center, width, height]}.')
+USER = "Is there wildfire smoke in this image? Give the box of the smoke, normalised to 0..1."
+
+
+def header() -> str:
+    from importlib.metadata import version
+
+    names = ("torch", "transformers", "accelerate")
+    return (f"# {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+            + ", ".join(f"{n} {version(n)}" for n in names))
+
+
+def model_cfg(min_pixels: int = 3136, max_pixels: int = 12544):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"name": "bench", "trust_remote_code": False, "min_pixels": min_pixels,
+                             "max_pixels": max_pixels})
+
+
+def load(checkpoint: str | None, cache_dir: str, device: str = "cpu", dtype: str = "float32"):
+    """(checkpoint folder, model, processor): ``checkpoint`` or the tiny model built in ``cache_dir``."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmexp.models.loading import load_processor
+    from vlmexp.models.tiny import build_tiny_checkpoint
+
+    folder = checkpoint or build_tiny_checkpoint(cache_dir)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=getattr(torch, dtype)).to(device).eval()
+    return folder, model, load_processor(folder, model_cfg())
+
+
+def smoke_images(n: int, cache_dir: str) -> list:
+    """``n`` frames of the generated smoke set (160x120 JPEGs), decoded."""
+    from vlmexp.data.images import open_image
+    from vlmexp.data.synthetic_smoke import generate_smoke_dataset
+
+    root = Path(generate_smoke_dataset(cache_dir)["train"])
+    paths = sorted(root.rglob("*.jpg"))[:n]
+    return [open_image(p) for p in paths]
+
+
+def smoke_request(image, max_new_tokens: int):
+    from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
+
+    return ChatRequest(chat(SYSTEM, ImagePart(image), TextPart(USER)), max_new_tokens=max_new_tokens)
+
+
+def interleaved(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each path over ``repeats`` rounds; each round runs every path once,
+    in an order rotated from round to round."""
+    names = list(paths)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            began = time.perf_counter()
+            paths[name]()
+            times[name].append(time.perf_counter() - began)
+    return {n: statistics.median(t) for n, t in times.items()}

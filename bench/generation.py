@@ -1,0 +1,80 @@
+"""Batched generation (``HFEngine.generate``) vs a per-image loop, on the smoke images.
+
+    python bench/generation.py                      # random tiny model, 48 images, batch 1, 8, 16
+    python bench/generation.py --checkpoint DIR     # e.g. the quickstart's fine-tuned checkpoint
+
+The baseline is the loop of the seed write-ups: chat template, processor and ``model.generate`` per
+image, greedy. Every path answers the same requests with the same model; the answers are checked to
+be identical before anything is timed. Targets: batch 16 >= 8x the loop, batch 1 no slower than it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from _common import header, interleaved, load, smoke_images, smoke_request
+
+
+def per_image_loop(model, processor, requests, max_new_tokens: int) -> list[str]:
+    import torch
+
+    from vlmexp.models.adapters.transformers import to_chat_template
+
+    answers = []
+    for request in requests:
+        text = processor.apply_chat_template(to_chat_template(request), add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=list(request.images), return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.append(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                              skip_special_tokens=True)[0].strip())
+    return answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="model folder (default: the random tiny model)")
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--batch-sizes", default="1,8,16")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    from vlmexp.engines.hf import HFEngine
+
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="vlmexp-bench-")
+    _, model, processor = load(args.checkpoint, cache)
+    requests = [smoke_request(img, args.max_new_tokens) for img in smoke_images(args.images, cache)]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    engines = {b: HFEngine(batch_size=b, max_new_tokens=args.max_new_tokens, model=model, processor=processor)
+               for b in sizes}
+
+    reference = per_image_loop(model, processor, requests, args.max_new_tokens)  # also the warm-up
+    for b, engine in engines.items():
+        answers = [g.text for g in engine.generate(requests)]
+        mismatches = sum(a != r for a, r in zip(answers, reference))
+        if mismatches:
+            print(f"# warning: batch {b}: {mismatches} of {len(requests)} answers differ from the loop's")
+    paths = {"loop": lambda: per_image_loop(model, processor, requests, args.max_new_tokens)}
+    paths.update({f"batch_{b}": (lambda e=e: e.generate(requests)) for b, e in engines.items()})
+    secs = interleaved(paths, args.repeats)
+    rate = {k: len(requests) / v for k, v in secs.items()}
+    print(header())
+    print(f"# {len(requests)} images, up to {args.max_new_tokens} new tokens per answer")
+    for name, value in rate.items():
+        print(f"{name:>10}: {value:8.1f} images/s  ({value / rate['loop']:.2f}x the loop)")
+    print(json.dumps({**{f"{k}_images_s": round(v, 1) for k, v in rate.items()},
+                      **{f"{k}_vs_loop": round(v / rate["loop"], 2) for k, v in rate.items() if k != "loop"}}))
+
+
+if __name__ == "__main__":
+    main()
