@@ -18,7 +18,7 @@ TINY = ["task=smoke", "model=tiny", "hardware=cpu", "data.synthetic.train_sequen
         "data.synthetic.val_sequences=1", "data.synthetic.test_sequences=1"]
 
 
-def sweep(args: list[str], cwd: Path, cache: Path) -> str:
+def sweep(args: list[str], cwd: Path, cache: Path, code: int = 0) -> str:
     """``python -m vlmexp -m ARGS`` in its own process group, killed (and failed) past the time limit."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "vlmexp", "-m", *args, f"paths.cache_dir={cache}"], cwd=cwd,
@@ -30,7 +30,7 @@ def sweep(args: list[str], cwd: Path, cache: Path) -> str:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         pytest.fail(f"the sweep did not end within {LIMIT_S} s")
-    assert process.returncode == 0, out[-5000:]
+    assert process.returncode == code, out[-5000:]
     return out
 
 
@@ -93,6 +93,21 @@ def test_optuna_study_is_the_parent_with_the_best_trial(tmp_path, cache_dir, tin
     assert_summary(client, parent, children, ["train.lr", "train.lora.r"], "early_fire_score", jobs=3)
     assert f"Best value: {parent.data.metrics['best_early_fire_score']}" in out
     assert parent.data.params["sweep_direction"] == "maximize"
+
+
+@pytest.mark.slow
+def test_a_failed_job_stops_the_sweep_and_the_parent_ends_failed_with_the_summary(tmp_path, cache_dir,
+                                                                                  tiny_checkpoint):
+    """Job 0 evaluates, job 1 names a data folder that does not exist: the sweep stops with the job's
+    one-line error, and the parent ends FAILED (not RUNNING) with the summary of what ran."""
+    out = sweep([*TINY, "mode=eval", "task.max_new_tokens=4", f"data.root=null,{tmp_path / 'nowhere'}"], tmp_path,
+                cache_dir, code=2)
+    assert "error: " in out and "Traceback" not in out
+    client, parent, children = parent_and_children()
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children] == ["FINISHED"]
+    assert parent.data.metrics["jobs"] == 1 and "best_accuracy" in parent.data.metrics
+    assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_job_without_a_parent_file_runs_alone(tmp_path, caplog):

@@ -9,6 +9,7 @@ Configured in conf/config.yaml (``hydra.callbacks.sweep``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,35 @@ def _tracker(config: DictConfig):
 
 
 class SweepParentCallback(Callback):
+    def __init__(self) -> None:
+        self._open: DictConfig | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = _sweep_dir(config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         parent = _tracker(config).open_sweep(sweep_dir, f"sweep {sweep_dir.name}")
         if parent:
             log.info("sweep parent run %s (%s)", parent, sweep_dir)
+            # A job that fails stops the sweep before on_multirun_end: the parent is then summarised
+            # and marked FAILED when the process exits, instead of staying RUNNING.
+            self._open = config
+            atexit.register(self._close_at_exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summary = _tracker(config).close_sweep(_sweep_dir(config), config.sweep.metric, config.sweep.direction)
+        self._close(complete=True)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self._close(complete=False)
+        except Exception as exc:  # the store went away meanwhile: say so in one line
+            log.warning("the sweep's parent run could not be closed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+    def _close(self, complete: bool) -> None:
+        config, self._open = self._open, None
+        if config is None:
+            return
+        summary = _tracker(config).close_sweep(_sweep_dir(config), config.sweep.metric, config.sweep.direction,
+                                               complete=complete)
         if summary:
             log.info("sweep summary: %d jobs (%d finished), best run %s by %s", summary["jobs"], summary["finished"],
                      summary["best_run_id"], summary["metric"])

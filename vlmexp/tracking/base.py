@@ -41,6 +41,7 @@ class Tracker:
         job's :meth:`start` (given ``sweep=sweep_dir``) finds it."""
         return None
 
-    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str) -> dict | None:
-        """After the last job: the summary of the jobs on the parent run (and returned), which ends."""
+    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str, complete: bool = True) -> dict | None:
+        """After the last job (or when a failed job stopped the sweep: ``complete`` false): the summary of
+        the jobs on the parent run (and returned), which ends."""
         return None

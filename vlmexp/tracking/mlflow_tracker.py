@@ -234,14 +234,14 @@ class MlflowTracker(Tracker):
         write_text_atomic(Path(sweep_dir) / PARENT_FILE, parent.info.run_id)
         return parent.info.run_id
 
-    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str) -> dict | None:
+    def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str, complete: bool = True) -> dict | None:
         from vlmexp.tracking.sweep_summary import summarise
 
         path = Path(sweep_dir) / PARENT_FILE
         if not path.is_file():
             return None
         client = self._mlflow.MlflowClient(self.tracking_uri)
-        return summarise(client, path.read_text().strip(), Path(sweep_dir), metric, direction)
+        return summarise(client, path.read_text().strip(), Path(sweep_dir), metric, direction, complete)
 
     # -- records: queued here, sent by the worker -----------------------------------------------
     def _put(self, kind: str, payload: Any) -> None:

@@ -31,8 +31,10 @@ def _number(value: str) -> float | None:
         return None
 
 
-def summarise(client, parent_id: str, sweep_dir: Path, metric: str | None, direction: str) -> dict:
-    """Write the summary of the parent's children into ``sweep_dir``, log it on the parent, end it."""
+def summarise(client, parent_id: str, sweep_dir: Path, metric: str | None, direction: str,
+              complete: bool = True) -> dict:
+    """Write the summary of the parent's children into ``sweep_dir``, log it on the parent, end it
+    (FAILED when a job did not finish or the sweep stopped before its last job)."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     children = sorted(client.search_runs(experiments, filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"),
                       key=lambda r: (_job_number(r.info.run_name), r.info.start_time))
@@ -58,7 +60,7 @@ def summarise(client, parent_id: str, sweep_dir: Path, metric: str | None, direc
     for path in files:
         client.log_artifact(parent_id, str(path))
     failed = any(j["status"] != "FINISHED" for j in jobs)
-    client.set_terminated(parent_id, "FAILED" if failed or not jobs else "FINISHED")
+    client.set_terminated(parent_id, "FAILED" if failed or not jobs or not complete else "FINISHED")
     return summary
 
 
