@@ -57,8 +57,8 @@ def test_score_halves_down_to_one_request(tiny):
     got = engine.score(requests, ["Positive", "Negative"])
     engine.close()
     assert got == [pytest.approx(row, abs=1e-4) for row in expected]
-    # the prompt pass of 3 requests fails; then per request, its prompt (1 row), its 2 candidates (2 rows)
-    assert engine.forward_rows == [3, 1, 2, 1, 2, 1, 2]
+    # the prompt pass of 3 requests fails; then per request its prompt, then each candidate (1 row each)
+    assert engine.forward_rows == [3] + [1, 1, 1] * 3
     assert engine.run_metrics()["oom_retries"] == 1.0
 
 

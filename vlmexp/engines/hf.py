@@ -252,9 +252,8 @@ class HFEngine(Engine):
             return [[] for _ in requests]
         from vlmexp.engines.pipeline import EncodeAhead
 
-        # batch_size counts rows of the candidates' pass: the prompts' cache is repeated per candidate
         with EncodeAhead(requests, self._encode_requests) as ahead:
-            return self._in_batches(requests, len(candidates),
+            return self._in_batches(requests, 1,
                                     lambda chunk: self._score_chunk(chunk, candidates, ahead))
 
     def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str], ahead=None) -> list[list[float]]:

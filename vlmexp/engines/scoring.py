@@ -1,9 +1,9 @@
 """Candidate scoring from one forward pass per prompt.
 
-Each prompt (image included) goes through the model once, with its key/value cache kept; the cache is
-then repeated once per candidate and only the candidates' own tokens go through the model, all
-candidates of all prompts in one batch. The first token of every candidate is read from the prompt's
-next-token distribution, so a one-token candidate (plus its end token) costs a single extra position.
+Each prompt (image included) goes through the model once, with its key/value cache kept; then only
+the candidates' own tokens go through the model on that cache, one candidate for all prompts of the
+batch at a time. The first token of every candidate is read from the prompt's next-token
+distribution, so a one-token candidate (plus its end token) costs a single extra position.
 
 Prompts are left-padded, so every prompt ends at the same column and the candidates' tokens follow it
 directly; candidates are right-padded, and padding after a candidate's last token changes nothing
@@ -52,31 +52,33 @@ def continuation_position_ids(model, attention_mask, new_tokens: int):
 def score_cached(adapter, model, inputs, token_ids: list[list[list[int]]], pad_token_id: int) -> list[list[float]]:
     """Sum of log-probabilities of each candidate's tokens given its prompt. ``inputs``: the
     left-padded prompts as the adapter encodes them; ``token_ids``: per prompt, per candidate, the
-    token ids to score (from :func:`candidate_token_ids`)."""
+    token ids to score (from :func:`candidate_token_ids`). One candidate at a time goes through the
+    model on the prompts' cache, which is cut back to the prompts after each: memory stays that of
+    the prompts' batch, as in generation."""
     import torch
 
     n_cands = len(token_ids[0])
     prefill = adapter.forward(model, {**inputs, "use_cache": True, "logits_to_keep": 1})
     first = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
-    flat = [ids for row in token_ids for ids in row]
-    width = max(len(ids) for ids in flat) - 1  # the last token of each candidate is only predicted
     scores = torch.tensor([[float(first[i, row[j][0]]) for j in range(n_cands)] for i, row in enumerate(token_ids)])
-    if width == 0:
-        return scores.tolist()
-    device = inputs["input_ids"].device
-    feed = torch.full((len(flat), width), pad_token_id, dtype=torch.long, device=device)
-    for k, ids in enumerate(flat):
-        feed[k, :len(ids) - 1] = torch.tensor(ids[:-1])
     cache = prefill.cache if hasattr(prefill, "cache") else prefill.past_key_values
-    cache.batch_repeat_interleave(n_cands)
-    mask = torch.cat([inputs["attention_mask"].repeat_interleave(n_cands, dim=0),
-                      torch.ones_like(feed)], dim=1)
-    batch = {"input_ids": feed, "attention_mask": mask, "cache": cache, "use_cache": False}
-    positions = continuation_position_ids(model, mask, width)
-    if positions is not None:
-        batch["position_ids"] = positions
-    logprobs = torch.log_softmax(adapter.forward(model, batch).logits.float(), dim=-1)
-    for k, ids in enumerate(flat):
-        rest = torch.tensor(ids[1:], device=logprobs.device)
-        scores[k // n_cands, k % n_cands] += float(logprobs[k, :len(ids) - 1].gather(-1, rest[:, None]).sum())
+    prompt_len, device = cache.get_seq_length(), inputs["input_ids"].device
+    for j in range(n_cands):
+        column = [row[j] for row in token_ids]
+        width = max(len(ids) for ids in column) - 1  # the last token of a candidate is only predicted
+        if width == 0:
+            continue
+        feed = torch.full((len(column), width), pad_token_id, dtype=torch.long, device=device)
+        for i, ids in enumerate(column):
+            feed[i, :len(ids) - 1] = torch.tensor(ids[:-1])
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(feed)], dim=1)
+        batch = {"input_ids": feed, "attention_mask": mask, "cache": cache, "use_cache": True}
+        positions = continuation_position_ids(model, mask, width)
+        if positions is not None:
+            batch["position_ids"] = positions
+        logprobs = torch.log_softmax(adapter.forward(model, batch).logits.float(), dim=-1)
+        cache.crop(-(cache.get_seq_length() - prompt_len))  # back to the prompts for the next candidate
+        for i, ids in enumerate(column):
+            rest = torch.tensor(ids[1:], device=logprobs.device)
+            scores[i, j] += float(logprobs[i, :len(ids) - 1].gather(-1, rest[:, None]).sum())
     return scores.tolist()
