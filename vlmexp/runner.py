@@ -257,12 +257,11 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
         if engine is None:
             engine = task.evaluation_engine(ctx)
         metrics.update(_evaluate(ctx, task, engine, splits.test, unreadable))
-    _print_table(task, metrics)
-    from vlmexp.summary import write_summary
-
-    ctx.tracker.log_artifact(write_summary(ctx, task, splits, metrics))
     if distributed.is_main():
+        from vlmexp.summary import write_summary
+
         _print_table(task, metrics)
+        ctx.tracker.log_artifact(write_summary(ctx, task, splits, metrics))
         ctx.tracker.set_tags({"vlmexp.main_metric": main_metric(ctx.cfg, metrics, task) or ""})
     return metrics
 
