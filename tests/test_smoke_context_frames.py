@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,16 @@ def test_bad_context_frames_is_one_line(root, tmp_path, value):
 
     with pytest.raises(ConfigError, match=rf"^task.context_frames={value}: expected a whole number >= 1$"):
         _evaluate(root, tmp_path, f"task.context_frames={value}")
+
+
+def test_the_tiny_model_reads_every_frame_sent(cache_dir, tmp_path):
+    """engine=hf with the real tiny model: each extra 160 x 120 frame adds its 12 image tokens (112 x 84 after
+    the processor) and its <|vision_start|>, <|vision_end|>; the first extra one also the context prompt's 41."""
+    from vlmexp.runner import run
+
+    run(compose_config(["task=smoke", "mode=eval", "engine=hf", "task.context_frames=3", "data.limit=4",
+                        f"paths.cache_dir={cache_dir}", "logger=none", "eval.bootstrap=0", "resume=false"]),
+        output_dir=tmp_path / "out")
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [len(r["context"]) for r in records] == [0, 1, 2, 2]
+    assert [r["prompt_tokens"] for r in records] == [126, 126 + 14 + 41, 126 + 2 * 14 + 41, 126 + 2 * 14 + 41]
