@@ -12,23 +12,32 @@ CLASSES = {0: "glass", 1: "plastic"}
 def build_yolo_weights(folder: Path) -> Path:
     """An ultralytics YOLOv8n detector with two classes, random weights, built from its model YAML: best.pt
 (and classifier.pt, a YOLOv8n-cls, and junk.pt, not a checkpoint) in ``folder``."""
+    from ultralytics import YOLO
+
+    build_yolo_detector(folder / "best.pt", CLASSES)
+    YOLO("yolov8n-cls.yaml").save(str(folder / "classifier.pt"))
+    (folder / "junk.pt").write_text("not a checkpoint")
+    return folder
+
+
+def build_yolo_detector(path: Path, classes: dict[int, str], seed: int = 0) -> Path:
+    """A YOLOv8n detector of ``classes`` with random weights (seeded), built from its model YAML, saved at ``path``."""
     import torch
     import yaml
     from ultralytics import YOLO
     from ultralytics.nn.tasks import yaml_model_load
 
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     spec = yaml_model_load("yolov8n.yaml")
-    spec["nc"] = 2
+    spec["nc"] = len(classes)
     spec.pop("yaml_file", None)
-    (folder / "yolov8n-two.yaml").write_text(yaml.safe_dump(spec))
-    torch.manual_seed(0)
-    model = YOLO(str(folder / "yolov8n-two.yaml"))
-    model.model.names = dict(CLASSES)
-    model.save(str(folder / "best.pt"))
-    YOLO("yolov8n-cls.yaml").save(str(folder / "classifier.pt"))
-    (folder / "junk.pt").write_text("not a checkpoint")
-    return folder
+    spec_file = path.with_name(f"{path.stem}-yolov8n.yaml")
+    spec_file.write_text(yaml.safe_dump(spec))
+    torch.manual_seed(seed)
+    model = YOLO(str(spec_file))
+    model.model.names = dict(classes)
+    model.save(str(path))
+    return path
 
 
 def build_rtdetr_folders(folder: Path) -> tuple[Path, Path]:

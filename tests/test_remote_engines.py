@@ -125,6 +125,13 @@ def test_openai_request_shape_and_key(server, tmp_path, monkeypatch):
     assert json.loads(answer.text)["image"] == image_key(sent) and answer.error is None
 
 
+def test_openai_json_schema_off_lets_the_model_answer_freely(server, tmp_path):
+    engine = build_engine(tmp_path, "engine=openai", f"engine.base_url={server.openai_base_url}",
+                          "+engine.json_schema=false")
+    engine.generate([smoke_request(picture(3))])
+    assert "response_format" not in server.chats[0]["body"] and server.chats[0]["body"]["max_tokens"] == 64
+
+
 @pytest.mark.parametrize("api", ["ollama", "openai"])
 def test_resize_false_sends_the_original_image(api, server, tmp_path):
     engine = engine_for(api, server, tmp_path, "engine.resize=false")

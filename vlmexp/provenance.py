@@ -31,7 +31,10 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
         data.pop(key, None)
     data["data"].pop("limit", None)
     data["engine"] = {k: v for k, v in data["engine"].items() if k not in execution_keys and k not in COST_KEYS}
-    derived = getattr(get_class(cfg.task._target_), "derived_keys", ())  # keys applied after the predictions
+    task_cls = get_class(cfg.task._target_)
+    derived = tuple(getattr(task_cls, "derived_keys", ()))  # keys applied after the predictions
+    if hasattr(task_cls, "inert_keys"):
+        derived += tuple(task_cls.inert_keys(data["task"]))
     data["task"] = {k: v for k, v in data["task"].items() if k not in derived}
     data["model"].pop("box_format", None)  # how generated Q&A write boxes, not what the model answers
     for key in ("detector", "captioner"):  # task=annotate's plugins; absent (None) elsewhere

@@ -18,7 +18,9 @@ PATCH_PIXELS = 28 * 28  # one visual token of Qwen2-VL-style models (14 px patch
 def prompt_hash(task_cfg) -> tuple[str, list[str]]:
     """sha256 (first 16 hex) over the task's prompt texts (its keys naming a prompt), and those keys."""
     task = OmegaConf.to_container(task_cfg, resolve=True)
-    keys = sorted(k for k in task if "prompt" in k and isinstance(task[k], str))
+    task_cls = get_class(task["_target_"]) if task.get("_target_") else None
+    inert = set(task_cls.inert_keys(task)) if hasattr(task_cls, "inert_keys") else set()  # unused prompts
+    keys = sorted(k for k in task if "prompt" in k and isinstance(task[k], str) and k not in inert)
     blob = json.dumps({k: task[k] for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16], keys
 

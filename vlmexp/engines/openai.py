@@ -50,14 +50,17 @@ def _status_detail(exc) -> str:
 
 class OpenAIEngine(RemoteEngine):
     """``model_name``: else the model config's ``hf_id`` (the name ``vllm serve`` gives the model).
-    ``api_key_env``: the name of the environment variable that holds the key."""
+    ``api_key_env``: the name of the environment variable that holds the key. ``json_schema``: send the
+    task's output contract as the response format (the server constrains the answer to it); false lets the
+    model answer freely, as ``engine=hf`` does (``+engine.json_schema=false``, for parity checks)."""
 
     execution_keys = RemoteEngine.execution_keys | {"base_url", "api_key_env"}
 
     def __init__(self, base_url: str = "http://localhost:8000/v1", model_name: str | None = None,
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 4, timeout_s: float = 180.0,
                  max_retries: int = 3, backoff_s: float = 1.0, max_consecutive_failures: int = 3,
-                 temperature: float = 0.0, max_tokens: int | None = 256, resize: bool = True, *, run=None):
+                 temperature: float = 0.0, max_tokens: int | None = 256, resize: bool = True,
+                 json_schema: bool = True, *, run=None):
         super().__init__(concurrency, timeout_s, max_retries, backoff_s, max_consecutive_failures)
         self.resize_for(run, resize)
         import openai
@@ -67,6 +70,7 @@ class OpenAIEngine(RemoteEngine):
         self.seed = self.run_seed(run)
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.json_schema = json_schema
         self.base_url = base_url
         self.server = f"the OpenAI-compatible server at {base_url}"
         self.api_key_env = api_key_env
@@ -129,7 +133,7 @@ class OpenAIEngine(RemoteEngine):
         caps = [n for n in (request.max_new_tokens, self.max_tokens) if n]
         if caps:
             options["max_tokens"] = min(caps)
-        if request.response_schema is not None:
+        if request.response_schema is not None and self.json_schema:
             options["response_format"] = {"type": "json_schema",
                                           "json_schema": {"name": "answer", "schema": request.response_schema}}
         return options

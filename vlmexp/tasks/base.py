@@ -53,6 +53,13 @@ class Task(ABC):
     #: fingerprint, so changing them reuses the predictions.
     derived_keys: tuple[str, ...] = ()
 
+    @classmethod
+    def inert_keys(cls, task_cfg: dict) -> tuple[str, ...]:
+        """``task.<key>`` entries that, with the values in ``task_cfg``, change nothing the model is asked
+        (a switch at its off value and the settings only it reads): left out of the run's fingerprint, so
+        adding such a switch keeps the fingerprints and predictions of existing runs."""
+        return ()
+
     def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None):
         self.name = name
         self.default_mode = default_mode

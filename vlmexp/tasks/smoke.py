@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,9 +37,14 @@ class SmokeTask(Task):
                  robustness_seed: int = 0, robustness_shake: float = 0.03, robustness_blur: float = 0.02,
                  explain: bool = False, explain_prompt: str = "Explain your JSON in 20 words.",
                  explain_max_new_tokens: int = 64, score_weights: Mapping[str, float] | None = None,
-                 latency_budget_s: float = 1.0, gallery_size: int = 12, alarm: Mapping[str, int] | None = None):
+                 latency_budget_s: float = 1.0, gallery_size: int = 12, alarm: Mapping[str, int] | None = None,
+                 context_frames: int = 1,
+                 context_prompt: str = "These are the last {n} frames of one camera, oldest first; answer for the "
+                                       "last one."):
         super().__init__(name, default_mode, trainer, evaluator)
         self.system_prompt, self.user_prompt = system_prompt, user_prompt
+        self.context_frames, self.context_prompt = context_frames, context_prompt
+        self._sequences: dict[tuple, list[SmokeFrame]] | None = None  # (sequence, variant) -> frames in order
         self.smoke_classes = list(smoke_classes)
         self.max_new_tokens = max_new_tokens
         self.robustness, self.robustness_seed = robustness, robustness_seed
@@ -50,6 +56,11 @@ class SmokeTask(Task):
         self.alarm_keys = set(alarm) - {"k", "n"}
         self.scoring = SmokeScoring(bad_json, iou_threshold, calibration, localisation, weights, latency_budget_s,
                                     alarm.get("k", 1), alarm.get("n", 1))
+
+    @classmethod
+    def inert_keys(cls, task_cfg: dict) -> tuple[str, ...]:
+        """One frame per request (the default) asks what a run before ``context_frames`` existed asked."""
+        return ("context_frames", "context_prompt") if task_cfg.get("context_frames", 1) == 1 else ()
 
     def check_settings(self) -> None:
         """Raise ConfigError naming the first bad task key. Called by load_splits, the runner's first call,
@@ -68,6 +79,8 @@ class SmokeTask(Task):
         if not (isinstance(s.alarm_k, int) and isinstance(s.alarm_n, int) and 1 <= s.alarm_k <= s.alarm_n):
             raise ConfigError(f"task.alarm: k={s.alarm_k} of n={s.alarm_n} frames: expected whole numbers "
                               "1 <= k <= n")
+        if not (isinstance(self.context_frames, int) and self.context_frames >= 1):
+            raise ConfigError(f"task.context_frames={self.context_frames}: expected a whole number >= 1")
         if s.latency_budget_s <= 0:
             raise ConfigError(f"task.latency_budget_s={s.latency_budget_s}: must be > 0")
         for key in ("robustness_shake", "robustness_blur"):
@@ -102,6 +115,7 @@ class SmokeTask(Task):
         if test and self.robustness:
             test += [dataclasses.replace(f, id=f"robust/{f.id}", perturb_seed=perturbation_seed(self.robustness_seed,
                                                                                                  f.id)) for f in test]
+        self._index_sequences(test or [])
         return Splits(train=load(roots["train"]) if training else None,
                       val=load(roots["val"]) if training else None, test=test)
 
@@ -113,9 +127,40 @@ class SmokeTask(Task):
         return shake_and_blur(image, perturb_seed, self.robustness_shake, self.robustness_blur)
 
     # -- requests -------------------------------------------------------------------------------
-    def request(self, image) -> ChatRequest:
-        return ChatRequest(chat(self.system_prompt, ImagePart(image), TextPart(self.user_prompt)),
+    def request(self, image, *earlier) -> ChatRequest:
+        """The question about ``image``; with ``earlier`` frames (oldest first) they come before it, and
+        the prompt says which frame to answer for."""
+        text = self.user_prompt
+        if earlier:
+            text = f"{self.context_prompt.format(n=len(earlier) + 1)} {text}"
+        images = [ImagePart(i) for i in (*earlier, image)]
+        return ChatRequest(chat(self.system_prompt, *images, TextPart(text)),
                            response_schema=RESPONSE_SCHEMA, max_new_tokens=self.max_new_tokens)
+
+    def _index_sequences(self, frames: Sequence[SmokeFrame]) -> None:
+        self._sequences = defaultdict(list)
+        for frame in sorted(frames, key=lambda f: f.index):
+            if frame.sequence is not None:
+                self._sequences[(frame.sequence, frame.perturb_seed is None)].append(frame)
+
+    def context_of(self, frame: SmokeFrame) -> list[SmokeFrame]:
+        """The frames sent before ``frame`` (``task.context_frames`` - 1 at most, fewer at a sequence's
+        start): the evaluated frames before it in its sequence (after ``data.frame_stride``), oldest first."""
+        if self.context_frames <= 1 or frame.sequence is None:
+            return []
+        group = self._sequences.get((frame.sequence, frame.perturb_seed is None), [])
+        return [f for f in group if f.index < frame.index][-(self.context_frames - 1):]
+
+    def _context_images(self, frame: SmokeFrame) -> tuple[list, list[str]]:
+        """The earlier frames' images as sent, and their ids; an unreadable one is left out."""
+        images, ids = [], []
+        for earlier in self.context_of(frame):
+            try:
+                images.append(self.image_as_sent(earlier.path, earlier.perturb_seed)[0])
+                ids.append(earlier.id)
+            except UnreadableImage:
+                continue
+        return images, ids
 
     def training_examples(self, samples: Sequence[SmokeFrame]) -> list[TrainingExample]:
         def loader(frame: SmokeFrame):
@@ -125,6 +170,8 @@ class SmokeTask(Task):
 
     # -- evaluation -----------------------------------------------------------------------------
     def predict(self, engine, samples: Sequence[SmokeFrame]) -> list[dict]:
+        if self._sequences is None:  # not loaded through load_splits: the samples are the whole set
+            self._index_sequences(samples)
         records, requests, kept = [], [], []
         for frame in samples:
             variant = "clean" if frame.perturb_seed is None else "robust"
@@ -137,12 +184,14 @@ class SmokeTask(Task):
                                 "frame": frame.index, "skipped": str(exc)})
                 continue
             boxes = frame.boxes if matrix is None else transform_boxes(frame.boxes, matrix, image.size)
-            requests.append(self.request(image))
-            kept.append((frame, variant, image.size, boxes))
+            earlier, context_ids = self._context_images(frame)
+            requests.append(self.request(image, *earlier))
+            kept.append((frame, variant, image.size, boxes, context_ids))
         generations = engine.generate(requests) if requests else []
         explain = []
-        for (frame, variant, size, boxes), request, gen in zip(kept, requests, generations):
-            answer = parse_smoke_answer(gen.text, gen.image_sizes[0] if gen.image_sizes else size)
+        for (frame, variant, size, boxes, context_ids), request, gen in zip(kept, requests, generations):
+            # the current frame is the request's last image
+            answer = parse_smoke_answer(gen.text, gen.image_sizes[-1] if gen.image_sizes else size)
             record = {
                 "id": frame.id, "variant": variant, "sequence": frame.sequence, "frame": frame.index,
                 "time_s": frame.time_s, "path": str(frame.path), "perturb_seed": frame.perturb_seed,
@@ -153,6 +202,8 @@ class SmokeTask(Task):
             }
             if frame.source is not None:
                 record["source"] = frame.source
+            if self.context_frames > 1:
+                record["context"] = context_ids
             records.append(record)
             if self.explain and record["parse_ok"] and record["pred"]:
                 explain.append((record, request))
