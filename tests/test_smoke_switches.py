@@ -111,8 +111,10 @@ def test_robustness_logs_every_metric_again_with_a_suffix(yolo_set, tmp_path):
     assert (metrics["iou40_hit_rate_robust"], metrics["map_iou40_robust"], metrics["num_images_robust"]) == (0, 0, 2)
     assert metrics["early_fire_score_robust"] == pytest.approx((0.2 / 1.01) / 0.7)
     run_totals = {"eval_wall_s", "truncated_answers"}  # over the whole evaluation, not per variant
-    clean = {k for k in metrics if k not in run_totals and not k.endswith("_robust")}
+    intervals = {k for k in metrics if k.endswith(("_ci_low", "_ci_high")) and "_robust" not in k}
+    clean = {k for k in metrics if k not in run_totals | intervals and "_robust" not in k}
     assert {f"{k}_robust" for k in clean} - {"mean_iou_robust"} <= set(metrics)  # mean_iou: no smoke predicted
+    assert {k.replace("_ci_", "_robust_ci_") for k in intervals} <= set(metrics)  # f1_robust_ci_low, ...
     assert not [k for k in metrics if k.startswith(("ttd", "sequences_", "false_alarm"))]
     for name in ("confusion_matrix.png", "confusion_matrix_robust.png", "gallery.png", "gallery_robust.png",
                  "predictions.csv"):
