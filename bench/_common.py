@@ -18,6 +18,31 @@ SYSTEM = ("You are an early-fire detection agent. Answer ONLY with a valid JSON 
 USER = "Is there wildfire smoke in this image? Give the box of the smoke, normalised to 0..1."
 
 
+def bench_arguments(doc: str, *, model: bool = True, images: int = 48):
+    """The options every CPU benchmark takes (model, images, repeats, cache, threads), on a parser the
+    caller extends; ``parse(parser)`` reads them and applies ``--threads``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if model:
+        parser.add_argument("--checkpoint", default=None, help="model folder (default: the random tiny model)")
+        parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
+    return parser
+
+
+def parse(parser):
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def header() -> str:
     from importlib.metadata import version
 

@@ -12,29 +12,18 @@ Target: scoring >= 3x batched generation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 
-from _common import header, interleaved, load, smoke_images, smoke_request
+from _common import bench_arguments, header, interleaved, load, parse, smoke_images, smoke_request
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="model folder (default: the random tiny model)")
-    parser.add_argument("--images", type=int, default=48)
+    parser = bench_arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--candidates", default="no,yes", help="comma-separated answers to score")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
-    args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args = parse(parser)
 
     from vlmexp.engines.hf import HFEngine
 

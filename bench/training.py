@@ -12,14 +12,13 @@ Target: vlmexp >= 1.0x the baseline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import header
+from _common import bench_arguments, header, parse
 
 
 def compose(cache: str, steps: int, batch_size: int):
@@ -129,19 +128,12 @@ def rate(stamps: list[float], batch_size: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_arguments(__doc__, model=False)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads(N); 1 (default) is steadiest on a shared machine")
-    args = parser.parse_args()
-    import torch
+    args = parse(parser)
     from hydra.utils import instantiate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cache = args.cache_dir or tempfile.mkdtemp(prefix="vlmexp-bench-")
     cfg = compose(cache, args.steps, args.batch_size)
     task = instantiate(cfg.task, _recursive_=False)
