@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-KEYS = ("f1", "parse_success_rate", "accuracy", "early_fire_score", "best_epoch", "num_images")
+KEYS = ("f1", "parse_success_rate", "accuracy", "early_fire_score", "best_epoch", "num_samples")
 TARGET = {"f1": 0.9, "parse_success_rate": 0.95}
 
 

@@ -50,7 +50,7 @@ def outcome(folder: Path, cache: Path) -> tuple[dict, list]:
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    losses = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in ("train_loss", "val_loss")}
+    losses = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in ("train/loss", "val/loss")}
     (work,) = (cache / "runs" / "smoke").iterdir()
     records = [{k: v for k, v in json.loads(line).items() if k not in ("latency_s", "wall_s", "path")}
                for line in (work / "predictions.jsonl").read_text().splitlines()]

@@ -106,8 +106,8 @@ def _label(text: bytes, frame: str = "f1"):
     return write
 
 
-SKIPPED_FRAME = {"skipped_images": 1.0, "num_images": 4.0}
-ONE_MORE_FRAME = {"skipped_images": 0.0, "num_images": 5.0}
+SKIPPED_FRAME = {"skipped_corrupt_images": 1.0, "num_samples": 4.0}
+ONE_MORE_FRAME = {"skipped_corrupt_images": 0.0, "num_samples": 5.0}
 
 SMOKE = [
     Case("zero-byte-png", "smoke", "skipped", "zero-byte .png", _frame("f5.png", b""), SKIPPED_FRAME),
@@ -129,12 +129,12 @@ SMOKE = [
     Case("transparent-png", "smoke", "read", "RGBA PNG, fully transparent",
          _frame("f5.png", png_bytes(mode="RGBA", colour=(255, 0, 0, 0))), ONE_MORE_FRAME),
     Case("empty-label", "smoke", "read", "empty label file (no smoke)", _label(b"", "f3"),
-         {"num_images": 4.0, "accuracy": 0.75}),
+         {"num_samples": 4.0, "accuracy": 0.75}),
     Case("bom-label", "smoke", "read", "label file with a UTF-8 byte-order mark",
-         _label(codecs.BOM_UTF8 + SMOKE_LABEL.encode()), {"num_images": 4.0, "accuracy": 0.25}),
+         _label(codecs.BOM_UTF8 + SMOKE_LABEL.encode()), {"num_samples": 4.0, "accuracy": 0.25}),
     Case("crlf-label", "smoke", "read", "label file with CRLF line ends", _label(SMOKE_LABEL.replace("\n", "\r\n")
                                                                                  .encode()),
-         {"num_images": 4.0, "accuracy": 0.25}),
+         {"num_samples": 4.0, "accuracy": 0.25}),
     Case("latin1-label", "smoke", "error", "label file in Latin-1, not UTF-8",
          _label("0 0.5 0.5 0.4 0.4 # fum\xe9e\n".encode("latin-1")),
          "f1.txt:1: YOLO label file is not UTF-8 text (byte 0xe9 at column 24"),
@@ -144,9 +144,9 @@ SMOKE = [
          "f1.txt:1: malformed YOLO label line '0 0.5 0.5' (expected 5 fields"),
     Case("symlink-loop", "smoke", "read", "links a -> b -> a in data.root and a frame linked to itself",
          lambda root: (symlink(root / "a", "b"), symlink(root / "b", "a"), symlink(root / "seq" / "f5.png", "f5.png")),
-         {"num_images": 4.0}, "skipping 2 link(s) that loop or point nowhere: a, b"),
+         {"num_samples": 4.0}, "skipping 2 link(s) that loop or point nowhere: a, b"),
     Case("link-to-ancestor", "smoke", "read", "a sequence folder holding a link to data.root",
-         lambda root: symlink(root / "seq" / "up", ".."), {"num_images": 4.0}),
+         lambda root: symlink(root / "seq" / "up", ".."), {"num_samples": 4.0}),
     Case("empty-root", "smoke", "error", "data.root with no sequence folders",
          lambda root: [p.unlink() for p in (root / "seq").iterdir()] and (root / "seq").rmdir(),
          "no sequence folders"),
@@ -265,7 +265,7 @@ ROWS = [f"{name},{label}" for name, label in SENTIMENT_ROWS]
 
 SENTIMENT = [
     Case("bom-csv", "sentiment", "read", "labels CSV with a UTF-8 byte-order mark", _labels(ROWS, codecs.BOM_UTF8),
-         {"num_videos": 3.0}),
+         {"num_samples": 3.0}),
     Case("latin1-csv", "sentiment", "error", "labels CSV in Latin-1",
          _labels([*ROWS, "v\xe9.mp4,Positive"], encoding="latin-1"), "golden_labels.csv:5: labels file is not UTF-8"),
     Case("duplicate-video", "sentiment", "error", "a video listed twice", _labels([*ROWS, "v1.mp4,Negative"]),
@@ -275,10 +275,10 @@ SENTIMENT = [
     Case("empty-csv", "sentiment", "error", "empty labels CSV", lambda root: (root / "golden_labels.csv")
          .write_bytes(b""), "missing column(s) video_name, label"),
     Case("zero-byte-video", "sentiment", "skipped", "a zero-byte .mp4",
-         lambda root: (root / "v2.mp4").write_bytes(b""), {"skipped_videos": 1.0, "num_videos": 2.0}),
+         lambda root: (root / "v2.mp4").write_bytes(b""), {"skipped_unreadable_videos": 1.0, "num_samples": 2.0}),
     Case("truncated-video", "sentiment", "skipped", "an .mp4 cut in half",
          lambda root: (root / "v2.mp4").write_bytes(truncated((root / "v2.mp4").read_bytes())),
-         {"skipped_videos": 1.0, "num_videos": 2.0}),
+         {"skipped_unreadable_videos": 1.0, "num_samples": 2.0}),
 ]
 
 CASES = SMOKE + VQA + BINARY + SENTIMENT

@@ -190,7 +190,7 @@ def test_annotate_with_an_ensemble_of_real_detectors(tmp_path):
     assert all(set(o["sources"]) <= {"yolo", "rtdetr"} and o["sources"] for o in objects)
     assert all(0 <= o["box"][0] <= o["box"][2] <= SIZE and 0 <= o["box"][1] <= o["box"][3] <= SIZE for o in objects)
     (found,) = mlflow.search_runs(experiment_names=["annotate"], output_format="list")
-    assert found.data.metrics["boxes_glass"] == len(objects)
+    assert found.data.metrics["data/boxes_glass"] == len(objects)
 
 
 @pytest.mark.parametrize("engine", ["ollama", "openai"])

@@ -80,16 +80,16 @@ def test_train_eval_from_the_data_files_alone(dataset, cache_dir, tmp_path):
     client, runs = _mlflow_run()
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run_id, metrics = runs[0].info.run_id, runs[0].data.metrics
-    assert_learned(metrics, {"accuracy": 0.9, "roc_auc": 0.9})
-    for key in ("precision", "recall", "f1", "best_epoch", "trainable_params"):
+    assert_learned(metrics, {"test/accuracy": 0.9, "test/roc_auc": 0.9})
+    for key in ("test/precision", "test/recall", "test/f1", "val/best_epoch"):
         assert key in metrics
-    assert metrics["num_samples"] == 40
-    assert metrics["skipped_missing_images"] == 2
-    assert metrics["skipped_corrupt_images"] == 3
-    assert metrics["trainable_params"] == 128 * 512 + 512 + 512 * 2 + 2
-    val_loss = client.get_metric_history(run_id, "val_loss")
+    assert metrics["data/num_samples"] == 40
+    assert metrics["data/skipped_missing_images"] == 2
+    assert metrics["data/skipped_corrupt_images"] == 3
+    assert runs[0].data.params["model.trainable_params"] == str(128 * 512 + 512 + 512 * 2 + 2)
+    val_loss = client.get_metric_history(run_id, "val/loss")
     assert [m.step for m in val_loss] == list(range(1, len(val_loss) + 1)) and len(val_loss) >= 2
-    assert metrics["best_epoch"] == min(val_loss, key=lambda m: m.value).step
+    assert metrics["val/best_epoch"] == min(val_loss, key=lambda m: m.value).step
     artifacts = _artifacts(client, run_id)
     assert {"checkpoint/head.safetensors", "checkpoint/head_config.json", "confusion_matrix.png", "roc_curve.png",
             "loss_curve.png", "predictions.jsonl"} <= artifacts
@@ -105,8 +105,8 @@ def test_train_eval_from_the_data_files_alone(dataset, cache_dir, tmp_path):
     assert len(trained) == 40
     assert _probs(tmp_path / "eval" / "predictions.jsonl") == trained
     _, runs = _mlflow_run()
-    assert runs[0].data.metrics["accuracy"] == metrics["accuracy"]
-    assert runs[0].data.metrics["skipped_corrupt_images"] == 2  # only the test file is read in mode=eval
+    assert runs[0].data.metrics["test/accuracy"] == metrics["test/accuracy"]
+    assert runs[0].data.metrics["data/skipped_corrupt_images"] == 2  # only the test file is read in mode=eval
 
 
 def test_malformed_line_stops_the_run_with_one_line(dataset, cache_dir, tmp_path):

@@ -22,9 +22,13 @@ from vlmexp.tracking.base import Tracker
 class RecordingTracker(Tracker):
     def __init__(self):
         self.metrics: list[tuple[dict, int | None]] = []
+        self.params: dict = {}
 
     def log_metrics(self, metrics, step=None):
         self.metrics.append((dict(metrics), step))
+
+    def log_params(self, params):
+        self.params.update(params)
 
     def values(self, key: str) -> list[tuple[float, int | None]]:
         return [(m[key], step) for m, step in self.metrics if key in m]
@@ -132,10 +136,11 @@ def test_stage_one_freezes_the_backbone(frozen, tiny_checkpoint):
     module = result.model.module
     head_params = sum(p.numel() for p in module.head.parameters())
     assert head_params == 128 * 512 + 512 + 512 * 2 + 2
-    assert ctx.tracker.values("trainable_params") == [(head_params, 1)]
+    assert ctx.tracker.params["model.trainable_params"] == head_params
+    assert "model.trainable_params.stage2" not in ctx.tracker.params
     assert_backbone_unchanged(module, tiny_checkpoint)
-    assert [step for _, step in ctx.tracker.values("val_loss")] == [1, 2]
-    assert ctx.tracker.values("best_epoch") == [(result.best_epoch, None)]
+    assert [step for _, step in ctx.tracker.values("val/loss")] == [1, 2]
+    assert ctx.tracker.values("val/best_epoch") == [(result.best_epoch, None)]
     folder = result.checkpoint_dir
     assert sorted(p.name for p in folder.iterdir()) == ["head.safetensors", "head_config.json", "training.json"]
     config = json.loads((folder / "head_config.json").read_text())
@@ -151,8 +156,10 @@ def test_lora_stage_trains_the_adapter_and_saves_it_alone(lora):
     lora_params = sum(p.numel() for n, p in module.backbone.named_parameters() if "lora_" in n)
     head_params = sum(p.numel() for p in module.head.parameters())
     assert lora_params > 0
-    assert ctx.tracker.values("trainable_params") == [(head_params, 1), (head_params + lora_params, 2)]
-    assert [step for _, step in ctx.tracker.values("val_loss")] == [1, 2, 3]
+    params = ctx.tracker.params
+    assert (params["model.trainable_params"], params["model.trainable_params.stage2"]) == (head_params,
+                                                                                           head_params + lora_params)
+    assert [step for _, step in ctx.tracker.values("val/loss")] == [1, 2, 3]
     assert result.best_epoch > 1
     folder = result.checkpoint_dir
     config = json.loads((folder / "head_config.json").read_text())
@@ -164,7 +171,7 @@ def test_lora_stage_trains_the_adapter_and_saves_it_alone(lora):
 def test_full_stage_changes_the_backbone_and_saves_it(full, tiny_checkpoint):
     result, ctx, _ = full
     module = result.model.module
-    assert ctx.tracker.values("trainable_params") == [(sum(p.numel() for p in module.parameters()), 1)]
+    assert ctx.tracker.params["model.trainable_params"] == sum(p.numel() for p in module.parameters())
     original = original_backbone(tiny_checkpoint).state_dict()
     assert any(not torch.equal(module.backbone.state_dict()[n], t) for n, t in original.items())
     folder = result.checkpoint_dir
@@ -177,7 +184,7 @@ def test_full_stage_that_never_improves_keeps_the_stage_one_weights(cache_dir, t
     # end on the stage-1 epoch, with the backbone exactly as loaded and nothing but the head saved.
     result, ctx, _ = fit(cache_dir, data, tmp_path, "train.stages=[{backbone: frozen, epochs: 1},"
                          "{backbone: full, lr: 5.0, epochs: 3, patience: 1}]")
-    val = [loss for loss, _ in ctx.tracker.values("val_loss")]
+    val = [loss for loss, _ in ctx.tracker.values("val/loss")]
     assert len(val) == 2 and val[1] > val[0]
     assert result.best_epoch == 1
     assert_backbone_unchanged(result.model.module, tiny_checkpoint)
@@ -215,8 +222,8 @@ def test_predict_returns_the_class_or_both_probabilities(frozen):
 def test_a_finished_training_is_reused(frozen, cache_dir, data):
     result, ctx, splits = frozen
     again, ctx_again, _ = fit(cache_dir, data, ctx.work_dir.parent, "train.epochs=2")
-    assert ctx_again.tracker.values("train_loss") == []  # nothing was trained
-    assert ctx_again.tracker.values("val_loss") == ctx.tracker.values("val_loss")
+    assert ctx_again.tracker.values("train/loss") == []  # nothing was trained
+    assert ctx_again.tracker.values("val/loss") == ctx.tracker.values("val/loss")
     assert again.best_epoch == result.best_epoch
     assert again.history["val"] == [list(point) for point in result.history["val"]]
     sample = splits.val[0]

@@ -122,7 +122,7 @@ def test_other_weights_behind_the_same_tag_are_not_reused(cache_dir, tmp_path, c
     assert one.data.tags["vlmexp.model_identity.digest"] == "a" * 64
     assert two.data.tags["vlmexp.model_identity.digest"] == "b" * 64
     assert two.data.tags["vlmexp.reused_predictions"] == "0"
-    metric_history = mlflow.MlflowClient().get_metric_history(two.info.run_id, "num_images")
+    metric_history = mlflow.MlflowClient().get_metric_history(two.info.run_id, "data/num_samples")
     assert [m.value for m in metric_history] == [3.0]  # only its own evaluation was logged
 
     caplog.clear()

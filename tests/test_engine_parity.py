@@ -25,7 +25,7 @@ def _agree(remote: dict, hf: dict) -> None:
     """Equal on every untimed metric both runs have (an engine may add its own, e.g. model_load_s)."""
     remote, hf = _untimed(remote), _untimed(hf)
     shared = set(remote) & set(hf)
-    assert shared >= {"accuracy", "f1", "parse_success_rate", "num_images", "engine_errors", "prompt_tokens_total",
+    assert shared >= {"accuracy", "f1", "parse_success_rate", "num_samples", "engine_errors", "prompt_tokens_total",
                       "completion_tokens_total"}
     assert {k: remote[k] for k in shared} == {k: hf[k] for k in shared}
 

@@ -139,16 +139,17 @@ def test_seed_004_fine_tunes_the_text_model_and_answers_held_out_questions(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     [found] = mlflow.search_runs(experiment_names=["vqa"], output_format="list")
     client, metrics = mlflow.MlflowClient(), found.data.metrics
-    losses = [m.value for m in client.get_metric_history(found.info.run_id, "train_loss")]
-    val_losses = [m.value for m in client.get_metric_history(found.info.run_id, "val_loss")]
+    losses = [m.value for m in client.get_metric_history(found.info.run_id, "train/loss")]
+    val_losses = [m.value for m in client.get_metric_history(found.info.run_id, "val/loss")]
     assert len(val_losses) == 12 and min(val_losses) < val_losses[0] / 2 and losses[-1] < losses[0] / 2
-    assert metrics["exact_match"] >= 0.9 and metrics["test_exact_match"] >= 0.9, metrics
-    assert len(client.get_metric_history(found.info.run_id, "val_exact_match")) == 12
+    assert metrics["test/exact_match"] >= 0.9 and metrics["test/test_exact_match"] >= 0.9, metrics
+    assert len(client.get_metric_history(found.info.run_id, "val/exact_match")) == 12
 
     original = load_file(standin / "model.safetensors")
     vision = sum(t.numel() for n, t in original.items() if n.startswith("vision_encoder."))
     total = sum(t.numel() for t in original.values())
-    assert (metrics["trainable_params"], metrics["total_params"]) == (total - vision, total)
+    params = found.data.params
+    assert (params["model.trainable_params"], params["model.total_params"]) == (str(total - vision), str(total))
     assert f"trainable parameters: {total - vision:,} of {total:,}" in result.stdout + result.stderr
 
     [checkpoint] = (tmp_path / "cache" / "runs" / "vqa").glob("*/checkpoint")

@@ -138,12 +138,12 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(tmp_path,
         assert "resuming training after epoch 1" in out
     client2, run2 = assert_one_run_of_the_main_process(two, task, out, test_size)
     client1, run1 = one.only_run(task)
-    assert run2.data.metrics["effective_batch_size"] == run1.data.metrics["effective_batch_size"] == 4
-    for key in ("train_loss", "val_loss"):
+    assert run2.data.params["train.effective_batch_size"] == run1.data.params["train.effective_batch_size"] == "4"
+    for key in ("train/loss", "val/loss"):
         want, got = history(client1, run1, key), history(client2, run2, key)
         assert [s for s, _ in got] == [s for s, _ in want] and len(want) >= 2
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-4), key
-    assert run2.data.metrics["best_epoch"] == run1.data.metrics["best_epoch"]
+    assert run2.data.metrics["val/best_epoch"] == run1.data.metrics["val/best_epoch"]
 
 
 def _parent(pid: int) -> int:

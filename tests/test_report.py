@@ -61,9 +61,9 @@ def chromium(*args, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_pareto_front_keeps_rows_no_other_beats_on_both():
-    rows = [Row(m, "e", "-", m, m, {"f1": f1, "latency_p50_s": lat})
+    rows = [Row(m, "e", "-", m, m, {"test/f1": f1, "perf/latency_p50_s": lat})
             for m, f1, lat in [("a", 0.9, 2.0), ("b", 0.8, 1.0), ("c", 0.7, 1.5), ("d", 0.5, 0.2), ("e", 0.5, 0.3)]]
-    assert [r.model for r in pareto_front(rows, "f1")] == ["d", "b", "a"]
+    assert [r.model for r in pareto_front(rows, "test/f1")] == ["d", "b", "a"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium) to open "
@@ -82,7 +82,7 @@ def test_report_leaderboard_of_three_runs(cache_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"smoke (dataset {fingerprint}), by f1:"
+    assert lines[0] == f"smoke (dataset {fingerprint}), by test/f1:"
     assert [line.split()[0] for line in lines[3:6]] == ["tiny", "qwen2_5_vl_3b", "qwen7b"]
     markdown = (out / "leaderboard.md").read_text()
     assert "Runs on other data left out: 1." in markdown
@@ -95,7 +95,7 @@ def test_report_leaderboard_of_three_runs(cache_dir, tmp_path):
     parser = TableText()
     parser.feed(dom.stdout)
     header, *rows = parser.rows
-    assert header[:4] == ["model", "engine", "preset", "f1"] and "latency p50 (s)" in header
+    assert header[:4] == ["model", "engine", "preset", "test/f1"] and "latency p50 (s)" in header
     assert [r[0] for r in rows] == ["tiny", "qwen2_5_vl_3b", "qwen7b"]
     assert rows[0][3] == f1 and rows[2][3] == "0.00 [0.00, 0.00]"
     latency = header.index("latency p50 (s)")

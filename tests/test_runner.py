@@ -36,7 +36,7 @@ def test_interrupted_evaluation_resumes_without_loss_or_duplicates(cache_dir, tm
     metrics = run(cfg, output_dir=tmp_path / "b")  # the same command again
     [finished] = runs_of()  # the interrupted run was continued, not duplicated
     assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
-    assert metrics["num_images"] == 80
+    assert metrics["num_samples"] == 80
     predictions = [json.loads(line) for line in (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == len({p["id"] for p in predictions}) == 80
     # batches of 4: the first two were stored before Ctrl-C hit the third, whose 2 answers are redone

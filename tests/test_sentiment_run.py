@@ -65,12 +65,12 @@ def test_score_decision_metrics_and_files(tmp_path):
         "precision_macro": (3 / 5 + 1 / 2) / 2, "precision_weighted": (4 * 3 / 5 + 3 * 1 / 2) / 7,
         "recall_macro": (3 / 4 + 1 / 3) / 2, "recall_weighted": (4 * 3 / 4 + 3 * 1 / 3) / 7,
         "f1_macro": (2 / 3 + 2 / 5) / 2, "f1_weighted": (4 * 2 / 3 + 3 * 2 / 5) / 7,
-        "parse_success_rate": 1.0, "num_videos": 7.0, "skipped_videos": 2.0, "unparsed_answers": 0.0,
+        "parse_success_rate": 1.0, "num_samples": 7.0, "skipped_unreadable_videos": 2.0, "unparsed_answers": 0.0,
         "engine_errors": 0.0,
     }
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
-    assert {"latency_mean_s", "latency_p50_s", "latency_p95_s", "throughput_videos_per_s"} <= set(metrics)
+    assert {"latency_mean_s", "latency_p50_s", "latency_p95_s", "throughput_samples_per_s"} <= set(metrics)
 
     rows = _csv(out / "results.csv")
     assert rows[0] == RESULTS_COLUMNS == ["video_name", "true_label", "predicted_label", "confidence", "caption",
@@ -89,7 +89,7 @@ def test_score_decision_metrics_and_files(tmp_path):
     assert by_name["accuracy"][1:3] == ["0.571429", "57.14"]
     assert by_name["balanced_accuracy"][1:3] == ["0.541667", "54.17"]
     assert by_name["f1_weighted"][1:3] == ["0.552381", "55.24"]
-    assert by_name["num_videos"][1:3] == ["7", ""] and by_name["skipped_videos"][1:3] == ["2", ""]
+    assert by_name["num_samples"][1:3] == ["7", ""] and by_name["skipped_unreadable_videos"][1:3] == ["2", ""]
     assert "(TP*Neg/Pos + TN) / (2*Neg)" in by_name["weighted_accuracy"][3]
     assert [r[0] for r in summary[1:11]] == ["accuracy", "balanced_accuracy", "weighted_accuracy", "f1_macro",
                                              "f1_weighted", "precision_macro", "precision_weighted", "recall_macro",
@@ -107,8 +107,9 @@ def test_score_decision_metrics_and_files(tmp_path):
     assert tie["scores"] == {"Positive": -1.0, "Negative": -1.0} and tie["decision"] == "score"
 
     logged = _mlflow_run()
-    assert logged.data.metrics["accuracy"] == pytest.approx(4 / 7)
-    assert logged.data.metrics["skipped_videos"] == 2.0 and logged.data.metrics["num_videos"] == 7.0
+    assert logged.data.metrics["test/accuracy"] == pytest.approx(4 / 7)
+    held = logged.data.metrics
+    assert held["data/skipped_unreadable_videos"] == 2.0 and held["data/num_samples"] == 7.0
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(logged.info.run_id)}
     assert names >= ARTIFACTS
 
@@ -127,7 +128,8 @@ def test_generate_decision_parses_and_marks_fallbacks(tmp_path):
                 "precision_macro": (3 / 4 + 2 / 3) / 2, "precision_weighted": (4 * 3 / 4 + 3 * 2 / 3) / 7,
                 "recall_macro": (3 / 4 + 2 / 3) / 2, "recall_weighted": 5 / 7,
                 "f1_macro": (3 / 4 + 2 / 3) / 2, "f1_weighted": (4 * 3 / 4 + 3 * 2 / 3) / 7,
-                "parse_success_rate": 6 / 7, "unparsed_answers": 1.0, "num_videos": 7.0, "skipped_videos": 2.0,
+                "parse_success_rate": 6 / 7, "unparsed_answers": 1.0, "num_samples": 7.0,
+                "skipped_unreadable_videos": 2.0,
                 "latency_mean_s": 0.25, "latency_p50_s": 0.25, "truncated_answers": 0.0}
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value), key
@@ -154,7 +156,7 @@ def test_frames_mode_sends_every_sampled_frame_and_limit_caps_rows(tmp_path):
                                                                  size=56)},
                         "task.decision=generate", "task.frame_mode=frames", "task.num_frames=3", "task.frame_size=56",
                         "data.limit=4", "logger=none")
-    assert (metrics["num_videos"], metrics["skipped_videos"]) == (3.0, 1.0)
+    assert (metrics["num_samples"], metrics["skipped_unreadable_videos"]) == (3.0, 1.0)
     rows = _csv(out / "results.csv")
     assert [(r[0], r[2]) for r in rows[1:]] == [("v1.mp4", "Negative"), ("v2.avi", "Negative"),
                                                 ("v3.mp4", "Negative")]

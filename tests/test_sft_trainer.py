@@ -103,7 +103,7 @@ def test_interrupted_training_resumes_after_last_epoch_as_if_never_stopped(tmp_p
     reference = tmp_path / "reference"
     run(_config(reference, small_vqa, *extra))
     interrupted = tmp_path / "interrupted"
-    ctrl_c = ["logger._target_=tests.vqa_helpers.InterruptingTracker", "+logger.metric=val_loss", "+logger.step=2"]
+    ctrl_c = ["logger._target_=tests.vqa_helpers.InterruptingTracker", "+logger.metric=val/loss", "+logger.step=2"]
     with pytest.raises(KeyboardInterrupt):
         run(_config(interrupted, small_vqa, *extra, *ctrl_c))
     (state,) = (interrupted / "runs" / "vqa").glob("*/train_state/progress.json")

@@ -71,11 +71,11 @@ def test_metrics_per_source(cache_dir, tmp_path):
                           "engine._target_=tests.helpers.ScriptedEngine",
                           "+engine.default='{\"has_smoke\": true, \"bbox\": [0.5, 0.5, 0.4, 0.4]}'"])
     metrics = run(cfg, output_dir=tmp_path / "out")
-    assert metrics["f1"] == pytest.approx(8 / 12) and metrics["num_images"] == 8
+    assert metrics["f1"] == pytest.approx(8 / 12) and metrics["num_samples"] == 8
     # precision = smoke share, recall 1: f1 = 2p / (p + 1)
     assert metrics["by_source/campA/f1"] == pytest.approx(6 / 7) and metrics["by_source/campA/precision"] == 0.75
     assert metrics["by_source/campB/f1"] == pytest.approx(0.4) and metrics["by_source/campB/precision"] == 0.25
-    assert metrics["by_source/campA/num_images"] == metrics["by_source/campB/num_images"] == 4
+    assert metrics["by_source/campA/num_samples"] == metrics["by_source/campB/num_samples"] == 4
     assert metrics["by_source/campB/false_positive_rate"] == 1.0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| campA | 0.7500 | 0.7500 | 1.0000 | 0.8571 | 1.0000 | 4.0000 |" in summary

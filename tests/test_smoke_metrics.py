@@ -133,9 +133,9 @@ def test_scoring_turns_bad_json_into_no_smoke_or_drops_it():
                rec(True, True, [[0.5, 0.5, 0.2, 0.2]], [[0.5, 0.5, 0.2, 0.2]], parse_ok=True, latency_s=0.3),
                {"id": "x", "skipped": "broken file"}]
     negative = SmokeScoring(bad_json="negative").metrics(records)
-    assert (negative["recall"], negative["num_images"], negative["skipped_images"]) == (0.5, 2.0, 1.0)
+    assert (negative["recall"], negative["num_samples"], negative["skipped_corrupt_images"]) == (0.5, 2.0, 1.0)
     assert negative["latency_p50_s"] == pytest.approx(0.2)
-    assert negative["throughput_images_per_s"] == pytest.approx(2 / 0.4)
+    assert negative["throughput_samples_per_s"] == pytest.approx(2 / 0.4)
     discard = SmokeScoring(bad_json="discard").metrics(records)
     assert (discard["recall"], discard["parse_success_rate"]) == (1.0, 0.5)
 
@@ -169,8 +169,8 @@ def test_predictions_csv_has_one_row_per_sample(tmp_path):
                {"id": "s/2.png", "variant": "clean", "sequence": "s", "frame": 2, "skipped": "s/2.png: truncated"}]
     with predictions_csv(records, tmp_path / "p.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert rows[0]["prediction"] == "True" and rows[0]["pred_boxes"] == "[[0.4, 0.5, 0.2, 0.2]]"
-    assert (rows[0]["variant"], rows[0]["confidence"], rows[0]["raw_response"]) == ("robust", "0.7",
+    assert rows[0]["pred"] == "True" and rows[0]["pred_boxes"] == "[[0.4, 0.5, 0.2, 0.2]]"
+    assert (rows[0]["variant"], rows[0]["confidence"], rows[0]["raw"]) == ("robust", "0.7",
                                                                                      '{"has_smoke": true}')
     assert rows[0]["explanation"] == "Grey plume above the ridge."
-    assert rows[1]["skipped"] == "s/2.png: truncated" and rows[1]["prediction"] == ""
+    assert rows[1]["skipped"] == "s/2.png: truncated" and rows[1]["pred"] == ""

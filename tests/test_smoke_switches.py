@@ -108,7 +108,7 @@ def test_robustness_logs_every_metric_again_with_a_suffix(yolo_set, tmp_path):
     assert metrics["early_fire_score"] == pytest.approx((0.5 + 0.2 / 1.01) / 0.7)
     # perturbed: y1 FN, y2 TN
     assert (metrics["accuracy_robust"], metrics["recall_robust"], metrics["f1_robust"]) == (0.5, 0.0, 0.0)
-    assert (metrics["iou40_hit_rate_robust"], metrics["map_iou40_robust"], metrics["num_images_robust"]) == (0, 0, 2)
+    assert (metrics["iou40_hit_rate_robust"], metrics["map_iou40_robust"], metrics["num_samples_robust"]) == (0, 0, 2)
     assert metrics["early_fire_score_robust"] == pytest.approx((0.2 / 1.01) / 0.7)
     run_totals = {"eval_wall_s", "truncated_answers"}  # over the whole evaluation, not per variant
     intervals = {k for k in metrics if k.endswith(("_ci_low", "_ci_high")) and "_robust" not in k}

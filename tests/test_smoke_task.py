@@ -45,7 +45,7 @@ SCRIPTED = ["engine._target_=tests.helpers.ScriptedEngine", "~engine.max_new_tok
 MAP_NEGATIVE = (12 + 11 + 11 * 3 / 5) / 101
 
 EXPECTED = {
-    "num_images": 18, "skipped_images": 1, "engine_errors": 0,
+    "num_samples": 18, "skipped_corrupt_images": 1, "engine_errors": 0,
     "parse_success_rate": 13 / 18,
     "accuracy": 11 / 18,  # (TP 4 + TN 7) / 18
     "precision": 4 / 6,  # TP 4 / (TP 4 + FP 2)
@@ -91,13 +91,13 @@ def test_every_metric_matches_the_hand_computed_value(early_fire, tmp_path):
     metrics = _run(early_fire, tmp_path)
     intervals = {f"{k}_ci_{end}" for k in ("f1", "recall", "false_positive_rate", "early_fire_score")
                  for end in ("low", "high")}
-    assert set(metrics) == set(EXPECTED) | {"eval_wall_s", "throughput_images_per_s"} | intervals
+    assert set(metrics) == set(EXPECTED) | {"eval_wall_s", "throughput_samples_per_s"} | intervals
     for key, value in EXPECTED.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
     # throughput: frames per second of the wall time their batches took (each record holds its share)
     records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     answered = [r for r in records if not r.get("skipped")]
-    assert metrics["throughput_images_per_s"] == pytest.approx(18 / sum(r["wall_s"] for r in answered))
+    assert metrics["throughput_samples_per_s"] == pytest.approx(18 / sum(r["wall_s"] for r in answered))
 
 
 def test_bad_json_discard_drops_unparsed_answers(early_fire, tmp_path):
@@ -109,7 +109,7 @@ def test_bad_json_discard_drops_unparsed_answers(early_fire, tmp_path):
     assert metrics["f1"] == pytest.approx(2 / 3)
     assert metrics["false_positive_rate"] == pytest.approx(2 / 7)
     assert metrics["parse_success_rate"] == pytest.approx(13 / 18)  # still over every evaluated image
-    assert metrics["num_images"] == 18
+    assert metrics["num_samples"] == 18
     # 6 true boxes: recall points 0-0.16 (17) -> 1, 0.17-0.33 (17) -> 1, 0.34-0.50 (17) -> 3/5
     assert metrics["map_iou40"] == pytest.approx((17 + 17 + 17 * 3 / 5) / 101, abs=1e-6)
     assert metrics["sequences_detected"] == 3 and metrics["sequences_missed"] == 1
@@ -134,9 +134,11 @@ def test_cli_run_logs_metrics_and_artifacts_to_mlflow(early_fire, tmp_path):
     assert len([line for line in log.splitlines() if "frame2.png" in line]) == 1 and "Traceback" not in log, log
 
     [found] = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
-    logged = found.data.metrics
-    assert set(EXPECTED) <= set(logged)
-    assert logged["f1"] == pytest.approx(8 / 15) and logged["ttd_seconds_mean"] == pytest.approx(30.0)
+    from vlmexp.tracking.names import logged
+
+    held = found.data.metrics
+    assert set(logged(EXPECTED)) <= set(held) and "data/num_samples" in held and "perf/engine_errors" in held
+    assert held["test/f1"] == pytest.approx(8 / 15) and held["test/ttd_seconds_mean"] == pytest.approx(30.0)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(found.info.run_id)}
     assert {"predictions.csv", "predictions.jsonl", "confusion_matrix.png", "gallery.png"} <= artifacts
 
@@ -144,11 +146,11 @@ def test_cli_run_logs_metrics_and_artifacts_to_mlflow(early_fire, tmp_path):
         rows = {row["id"]: row for row in csv.DictReader(fh)}
     assert len(rows) == 19  # 18 evaluated + 1 skipped
     found_a = rows["fireA/1000_+00060.png"]
-    assert [found_a[k] for k in ("sequence", "frame", "truth", "prediction")] == ["fireA", "3", "True", "True"]
+    assert [found_a[k] for k in ("sequence", "frame", "truth", "pred")] == ["fireA", "3", "True", "True"]
     assert json.loads(found_a["pred_boxes"]) == [[0.6, 0.5, 0.4, 0.4]]
     assert json.loads(found_a["true_boxes"]) == [[0.5, 0.5, 0.4, 0.4]]
     assert (found_a["confidence"], found_a["parse_ok"], found_a["latency_s"]) == ("0.9", "True", "0.01")
-    assert found_a["raw_response"].startswith("I see smoke:")
+    assert found_a["raw"].startswith("I see smoke:")
     assert rows["fireB/2000_+00060.png"]["parse_ok"] == "False"
     skipped = rows["fireC/frame2.png"]
-    assert "frame2.png" in skipped["skipped"] and skipped["prediction"] == "" and skipped["sequence"] == "fireC"
+    assert "frame2.png" in skipped["skipped"] and skipped["pred"] == "" and skipped["sequence"] == "fireC"

@@ -87,7 +87,7 @@ def test_a_smoke_run_on_the_real_detector(weights, tmp_path):
     fn = sum(not r["pred"] and r["truth"] for r in records)
     [logged] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     metrics = logged.data.metrics
-    assert metrics["parse_success_rate"] == 1.0 and metrics["num_images"] == 6
+    assert metrics["parse_success_rate"] == 1.0 and metrics["num_samples"] == 6
     assert metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     assert metrics["recall"] == pytest.approx(tp / 3)
     for key in ("f1_ci_low", "f1_ci_high", "early_fire_score", "ttd_frames_mean", "mean_iou", "map_iou40"):

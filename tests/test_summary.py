@@ -33,7 +33,7 @@ def test_summary_md_names_results_data_model_and_engine(cache_dir, tmp_path):
     tags = logged.data.tags
     assert f"- dataset fingerprint: `{tags['vlmexp.dataset_fingerprint']}`" in text
     assert f"- content fingerprint: `{tags['vlmexp.data_fingerprint']}`" in text
-    assert "- samples: test 16" in text and "- skipped: skipped_images 0" in text
+    assert "- samples: test 16" in text and "- skipped: skipped_corrupt_images 0" in text
     prompts = json.dumps({"system_prompt": cfg.task.system_prompt, "user_prompt": cfg.task.user_prompt,
                           "explain_prompt": cfg.task.explain_prompt}, sort_keys=True)
     digest = hashlib.sha256(prompts.encode()).hexdigest()[:16]

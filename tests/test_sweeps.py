@@ -80,7 +80,7 @@ def test_two_job_sweep_has_one_parent_with_the_summary(tmp_path, cache_dir, tiny
     """Two evaluation jobs launched in parallel processes: one parent, two children, the summary."""
     sweep([*launcher, *TINY, "mode=eval", "task.max_new_tokens=4,8"], tmp_path, cache_dir)
     client, parent, children = parent_and_children()
-    assert_summary(client, parent, children, ["task.max_new_tokens"], "accuracy", jobs=2)
+    assert_summary(client, parent, children, ["task.max_new_tokens"], "test/accuracy", jobs=2)
 
 
 @pytest.mark.slow
@@ -90,8 +90,8 @@ def test_optuna_study_is_the_parent_with_the_best_trial(tmp_path, cache_dir, tin
     out = sweep(["+experiment=quickstart_optuna", "hydra.sweeper.n_trials=3", *TINY, "train.epochs=1"], tmp_path,
                 cache_dir)
     client, parent, children = parent_and_children()
-    assert_summary(client, parent, children, ["train.lr", "train.lora.r"], "early_fire_score", jobs=3)
-    assert f"Best value: {parent.data.metrics['best_early_fire_score']}" in out
+    assert_summary(client, parent, children, ["train.lr", "train.lora.r"], "test/early_fire_score", jobs=3)
+    assert f"Best value: {parent.data.metrics['best_test/early_fire_score']}" in out
     assert parent.data.params["sweep_direction"] == "maximize"
 
 
@@ -106,7 +106,7 @@ def test_a_failed_job_stops_the_sweep_and_the_parent_ends_failed_with_the_summar
     client, parent, children = parent_and_children()
     assert parent.info.status == "FAILED"
     assert [c.info.status for c in children] == ["FINISHED"]
-    assert parent.data.metrics["jobs"] == 1 and "best_accuracy" in parent.data.metrics
+    assert parent.data.metrics["jobs"] == 1 and "best_test/accuracy" in parent.data.metrics
     assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

@@ -154,11 +154,11 @@ def test_server_killed_mid_training_then_back_logs_each_step_once(tmp_path, cach
         while time.monotonic() < deadline and proc.poll() is None:
             found = list((cache / "runs" / "vqa").glob("*/mlflow_run_id"))
             run_id = run_id or (found[0].read_text().strip() if found else None)
-            if run_id and client.get_metric_history(run_id, "train_loss"):
+            if run_id and client.get_metric_history(run_id, "train/loss"):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.err").read_text()[-3000:]
-        assert run_id and client.get_metric_history(run_id, "train_loss"), "no train_loss reached the server"
+        assert run_id and client.get_metric_history(run_id, "train/loss"), "no train/loss reached the server"
         mlflow_server.kill()
         began = time.monotonic()
         proc.wait(timeout=120)  # the run neither hangs nor waits minutes on the server
@@ -183,9 +183,9 @@ def test_server_killed_mid_training_then_back_logs_each_step_once(tmp_path, cach
     assert result.returncode == 0, result.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, 9))
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [1, 2]
-    assert {"exact_match", "best_epoch", "eval_wall_s"} <= set(run.data.metrics)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 9))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [1, 2]
+    assert {"test/exact_match", "val/best_epoch", "perf/eval_wall_s"} <= set(run.data.metrics)
     assert run.data.params["train.epochs"] == "2"
     assert {"loss_curve.png", "predictions.jsonl", "checkpoint"} <= {a.path for a in client.list_artifacts(run_id)}
     assert not (work_dir / "mlflow_pending.jsonl").exists()
@@ -207,7 +207,7 @@ def test_a_run_killed_in_its_second_epoch_and_continued_logs_each_step_once(tmp_
         while time.monotonic() < deadline and proc.poll() is None and max(steps, default=0) < 6:
             found = list((cache / "runs" / "vqa").glob("*/mlflow_run_id"))
             run_id = run_id or (found[0].read_text().strip() if found else None)
-            steps = [m.step for m in client.get_metric_history(run_id, "train_loss")] if run_id else []
+            steps = [m.step for m in client.get_metric_history(run_id, "train/loss")] if run_id else []
             time.sleep(0.1)
         assert proc.poll() is None and max(steps, default=0) >= 6, (tmp_path / "first.err").read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)  # in epoch 2 (steps 5-8), after epoch 1 was saved
@@ -228,9 +228,9 @@ def test_a_run_killed_in_its_second_epoch_and_continued_logs_each_step_once(tmp_
         assert "resuming training after epoch 1" in result.stdout + result.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, 9))
-    assert sorted(m.step for m in client.get_metric_history(run_id, "lr")) == list(range(1, 9))
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 9))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/lr")) == list(range(1, 9))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [1, 2]
 
 
 def test_a_continued_run_logs_a_repeated_final_result_once_and_a_new_timing_again(tmp_path):

@@ -37,15 +37,16 @@ def test_tiny_model_learns_colour_and_brightness_questions(tmp_path, cache_dir, 
     client = mlflow.MlflowClient()
     (found,) = mlflow.search_runs(experiment_names=["vqa"], output_format="list")
     metrics, run_id = found.data.metrics, found.info.run_id
-    assert_learned(metrics, {"exact_match": 0.8})
-    assert metrics["val_questions"] == 32
-    val_loss = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_loss"))
+    assert_learned(metrics, {"test/exact_match": 0.8})
+    assert metrics["data/val_questions"] == 32
+    val_loss = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/loss"))
     assert len(val_loss) >= 2 and [step for step, _ in val_loss] == list(range(1, len(val_loss) + 1))
-    assert metrics["best_epoch"] == min(val_loss, key=lambda point: point[1])[0]
-    assert len(client.get_metric_history(run_id, "val_exact_match")) == len(val_loss)
-    assert len(client.get_metric_history(run_id, "train_loss")) >= len(val_loss) * 12  # 96 questions / batch 8
-    assert 0 < metrics["trainable_params"] < metrics["total_params"]  # the vision encoder is frozen
-    assert metrics["skipped_missing_images"] == metrics["skipped_corrupt_images"] == 0
+    assert metrics["val/best_epoch"] == min(val_loss, key=lambda point: point[1])[0]
+    assert len(client.get_metric_history(run_id, "val/exact_match")) == len(val_loss)
+    assert len(client.get_metric_history(run_id, "train/loss")) >= len(val_loss) * 12  # 96 questions / batch 8
+    params = found.data.params
+    assert 0 < int(params["model.trainable_params"]) < int(params["model.total_params"])  # the vision encoder is frozen
+    assert metrics["data/skipped_missing_images"] == metrics["data/skipped_corrupt_images"] == 0
 
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"loss_curve.png", "vqa_samples.csv", "predictions.jsonl", "checkpoint"} <= artifacts
@@ -56,7 +57,7 @@ def test_tiny_model_learns_colour_and_brightness_questions(tmp_path, cache_dir, 
         rows = list(csv.DictReader(fh))
     assert len(rows) == 32 and {r["question"] for r in rows} == {"What colour is the shape?",
                                                                   "Is the background light or dark?"}
-    assert sum(r["correct"] == "True" for r in rows) / len(rows) == metrics["exact_match"]
+    assert sum(r["correct"] == "True" for r in rows) / len(rows) == metrics["test/exact_match"]
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert {p["answer"] for p in predictions} == {"red", "green", "blue", "yellow", "light", "dark"}
     assert "exact_match" in result.stdout

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmexp.errors import VlmexpError
+from vlmexp.tracking.names import logged, logged_name
 from vlmexp.tracking.runs import COMPARISON_TAG, RunNotFound, experiment_id, tracking_client
 
 REPORT_TAG = "vlmexp.report"
@@ -36,11 +37,11 @@ class Row:
 
     @property
     def latency(self) -> float | None:
-        return self.metrics.get("latency_p50_s")
+        return self.metrics.get("perf/latency_p50_s")
 
     @property
     def throughput(self) -> float | None:
-        return next((v for k, v in sorted(self.metrics.items()) if k.startswith("throughput_")), None)
+        return next((v for k, v in sorted(self.metrics.items()) if k.startswith("perf/throughput_")), None)
 
 
 @dataclass
@@ -54,10 +55,11 @@ class Leaderboard:
 
 
 def main_metric_of(run) -> str | None:
-    """The task's ``main_metric`` (its class names it), from the run's logged ``task._target_``."""
+    """The task's ``main_metric`` (its class names it), from the run's ``vlmexp.task_class`` tag (the
+    ``task._target_`` param of a run of an earlier release)."""
     from hydra.utils import get_class
 
-    target = run.data.params.get("task._target_")
+    target = run.data.tags.get("vlmexp.task_class") or run.data.params.get("task._target_")
     try:
         return getattr(get_class(target), "main_metric", None) if target else None
     except (ImportError, ValueError):  # a plugin no longer importable here: the caller falls back
@@ -81,16 +83,18 @@ def build_leaderboard(client, experiment: str, *, tags: dict[str, str] | None = 
         raise RunNotFound(f"no run of experiment {experiment!r} has dataset fingerprint {fingerprint} "
                           f"(fingerprints: {', '.join(counts)})")
     on_data = [r for r in runs if r.data.tags[FINGERPRINT_TAG] == fingerprint]
-    metric = metric or main_metric_of(on_data[0]) or sorted(on_data[0].data.metrics)[0]
+    # a short, logged or earlier name (f1, test/f1); runs of earlier releases read under today's names
+    metric = logged_name(metric or main_metric_of(on_data[0]) or sorted(on_data[0].data.metrics)[0])
     rows: dict[tuple[str, str, str], Row] = {}
     for r in on_data:  # newest first: the first of each key is shown
         tags_ = r.data.tags
-        key = (tags_.get("vlmexp.model", "?"), r.data.params.get("engine._target_", "?").rsplit(".", 1)[-1],
+        engine = tags_.get("vlmexp.engine_class") or r.data.params.get("engine._target_", "?")
+        key = (tags_.get("vlmexp.model", "?"), engine.rsplit(".", 1)[-1],
                tags_.get("vlmexp.preset", "-"))
         if key in rows:
             rows[key].runs += 1
         else:
-            rows[key] = Row(*key, r.info.run_name, r.info.run_id, dict(r.data.metrics))
+            rows[key] = Row(*key, r.info.run_name, r.info.run_id, logged(r.data.metrics))
     shown = [metric] + sorted({k[:-len("_ci_low")] for row in rows.values() for k in row.metrics
                                if k.endswith("_ci_low")} - {metric})
     ordered = sorted(rows.values(), key=lambda row: -row.metrics.get(metric, float("-inf")))

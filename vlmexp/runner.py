@@ -28,6 +28,8 @@ from vlmexp.runlock import RunLock
 from vlmexp.startup import check_free_space, check_writable
 from vlmexp.summary import format_value
 from vlmexp.tracking.base import Tracker
+from vlmexp.tracking.names import find, logged, logged_name
+from vlmexp.tracking.params import readable_params
 from vlmexp.workdir import prepare_work_dir, run_key
 
 log = logging.getLogger(__name__)
@@ -103,16 +105,6 @@ def seed_everything(seed: int, torch: bool = True) -> None:
         set_seed(seed)
     except ImportError:  # pragma: no cover - accelerate is a dependency
         pass
-
-
-def flatten(node, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    else:
-        out[prefix.rstrip(".")] = node
-    return out
 
 
 def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | None = None,
@@ -197,13 +189,18 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
+    if distributed.is_main():
+        where = tracker.where()
+        if where:
+            print(where)
     return metrics
 
 
 def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | None:
-    """What a sweep ranks this run by: ``sweep.metric``, else the first of the task's table in ``metrics``."""
+    """The key of ``metrics`` a sweep ranks this run by: ``sweep.metric`` (a short, logged or older name:
+    ``f1``, ``test/f1``), else the first of the task's table in ``metrics``."""
     if cfg.sweep.metric:
-        return cfg.sweep.metric
+        return find(metrics, cfg.sweep.metric) or cfg.sweep.metric
     task = task if task is not None else build(cfg.task, _recursive_=False)
     return next((k for k in task.summary_keys() if k in metrics), None)
 
@@ -211,13 +208,16 @@ def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | 
 def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.log_params(flatten(resolved))
+    task_cls = get_class(cfg.task._target_)
+    inert = tuple(task_cls.inert_keys(resolved["task"])) if hasattr(task_cls, "inert_keys") else ()
+    tracker.log_params(readable_params(resolved, _hydra_choices(), inert))
     tags = {"vlmexp.overrides": " ".join(overrides or []),
             "vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
             "vlmexp.dataset_fingerprint": dataset_fingerprint(
                 {"train": splits.train, "val": splits.val, "test": splits.test}),
             "vlmexp.data_fingerprint": inputs["data_fingerprint"], "vlmexp.work_dir": str(ctx.work_dir),
-            "vlmexp.mode": ctx.mode, "vlmexp.task": cfg.task.name, "vlmexp.model": cfg.model.name}
+            "vlmexp.mode": ctx.mode, "vlmexp.task": cfg.task.name, "vlmexp.model": cfg.model.name,
+            "vlmexp.task_class": cfg.task._target_, "vlmexp.engine_class": cfg.engine._target_}
     tags.update({f"vlmexp.model_identity.{k}": v for k, v in inputs["model_identity"].items()})
     presets = [o.split("=", 1)[1] for o in overrides or [] if o.lstrip("+").startswith("experiment=")]
     if presets:
@@ -234,7 +234,14 @@ def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs
     tracker.log_artifact(config_file)
     tracker.log_artifact(overrides_file)
     if splits.skipped:
-        tracker.log_metrics({k: float(v) for k, v in splits.skipped.items()})
+        tracker.log_metrics(logged({k: float(v) for k, v in splits.skipped.items()}))
+
+
+def _hydra_choices() -> dict[str, str | None]:
+    """The config group choices of a run started by Hydra's entry point (none for a composed config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
 def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str, float]:
@@ -262,7 +269,8 @@ def _execute(ctx: RunContext, task, splits, mode: str, engine=None) -> dict[str,
 
         _print_table(task, metrics)
         ctx.tracker.log_artifact(write_summary(ctx, task, splits, metrics))
-        ctx.tracker.set_tags({"vlmexp.main_metric": main_metric(ctx.cfg, metrics, task) or ""})
+        main = main_metric(ctx.cfg, metrics, task)
+        ctx.tracker.set_tags({"vlmexp.main_metric": logged_name(main) if main else ""})
     return metrics
 
 
@@ -308,7 +316,7 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
     metrics.update(usage_metrics(records, ctx.cfg.task.get("max_new_tokens")))
     metrics.update(cost_metrics(records, {k: ctx.cfg.engine.get(k) for k in COST_KEYS}, task.sample_unit))
     metrics["eval_wall_s"] = elapsed
-    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_metrics(logged(metrics))
     predictions = ctx.output_dir / "predictions.jsonl"  # one final record per sample, in order
     predictions.unlink(missing_ok=True)
     PredictionStore(predictions).append(records)

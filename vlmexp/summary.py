@@ -52,7 +52,7 @@ def results_rows(metrics: dict, keys: list[str]) -> list[tuple[str, str]]:
     shown = [k for k in keys if k in metrics]
     shown += sorted(k[:-len("_ci_low")] for k in metrics if k.endswith("_ci_low") and k[:-len("_ci_low")] not in shown
                     and k[:-len("_ci_low")] in metrics)
-    figures = [k for k in ("eval_wall_s", "throughput_images_per_s", "throughput_videos_per_s", "prompt_tokens_total",
+    figures = [k for k in ("eval_wall_s", "throughput_samples_per_s", "prompt_tokens_total",
                            "completion_tokens_total", "truncated_answers", "engine_errors") if k in metrics]
     return [(k, format_value(metrics, k)) for k in shown + [f for f in figures if f not in shown]]
 

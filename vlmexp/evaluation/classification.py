@@ -29,4 +29,4 @@ def latency_metrics(latencies: Sequence[float], wall_s: float | None = None) -> 
     arr = np.asarray(latencies, float)
     total = wall_s if wall_s else float(arr.sum())
     return {"latency_p50_s": float(np.percentile(arr, 50)), "latency_p95_s": float(np.percentile(arr, 95)),
-            "throughput_images_per_s": float(len(arr) / total) if total > 0 else 0.0}
+            "throughput_samples_per_s": float(len(arr) / total) if total > 0 else 0.0}

@@ -11,19 +11,20 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("id", "variant", "sequence", "frame", "time_s", "width", "height", "truth", "true_boxes",
-               "prediction", "pred_boxes", "confidence", "parse_ok", "latency_s", "raw_response", "error",
+               "pred", "pred_boxes", "confidence", "parse_ok", "latency_s", "raw", "error",
                "explanation", "skipped")
 TRUE_COLOUR, PRED_COLOUR = "#22c55e", "#ef4444"
 
 
 def predictions_csv(records: Sequence[dict], path: Path) -> Path:
-    """One row per sample (skipped ones too, with the reason); boxes as JSON lists."""
+    """One row per sample (skipped ones too, with the reason), its columns named as the fields of
+    ``predictions.jsonl``; boxes as JSON lists."""
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in records:
             row = {k: r.get(k) for k in CSV_COLUMNS}
-            row.update(prediction=r.get("pred"), raw_response=r.get("raw"), variant=r.get("variant", "clean"))
+            row.update(variant=r.get("variant", "clean"))
             for key in ("true_boxes", "pred_boxes"):
                 row[key] = json.dumps(r[key]) if r.get(key) is not None else None
             writer.writerow(row)

@@ -74,8 +74,8 @@ class SmokeScoring:
         metrics = binary_metrics([r["truth"] for r in scored], [r["pred"] for r in scored])
         metrics.update({
             "parse_success_rate": sum(r["parse_ok"] for r in evaluated) / len(evaluated) if evaluated else 0.0,
-            "skipped_images": float(len(records) - len(evaluated)),
-            "num_images": float(len(evaluated)),
+            "skipped_corrupt_images": float(len(records) - len(evaluated)),
+            "num_samples": float(len(evaluated)),
             "engine_errors": float(sum(1 for r in evaluated if r.get("error"))),
         })
         metrics.update(latency_metrics([r["latency_s"] for r in evaluated], wall_seconds(evaluated)))
@@ -131,7 +131,7 @@ def smoke_resampling(scoring: SmokeScoring, records: Sequence[dict], suffix: str
 
 
 #: What each source reports (``by_source/<source>/<metric>``).
-SOURCE_METRICS = ("accuracy", "precision", "recall", "f1", "false_positive_rate", "num_images", "sequences_detected",
+SOURCE_METRICS = ("accuracy", "precision", "recall", "f1", "false_positive_rate", "num_samples", "sequences_detected",
                   "sequences_missed", "false_alarm_sequences", "ttd_frames_mean", "early_fire_score")
 
 

@@ -160,15 +160,15 @@ class SentimentTask(Task):
             "parse_success_rate": parsed / len(evaluated) if evaluated else 0.0,
             "unparsed_answers": float(len(evaluated) - parsed),
             "engine_errors": float(sum(1 for r in evaluated if r.get("error"))),
-            "num_videos": float(len(evaluated)),
-            "skipped_videos": float(len(records) - len(evaluated)),
+            "num_samples": float(len(evaluated)),
+            "skipped_unreadable_videos": float(len(records) - len(evaluated)),
         })
         latencies = [r["latency_s"] for r in evaluated]
         timing = latency_metrics(latencies, wall_seconds(evaluated))
         if timing:
             metrics.update({"latency_mean_s": sum(latencies) / len(latencies),
                             "latency_p50_s": timing["latency_p50_s"], "latency_p95_s": timing["latency_p95_s"],
-                            "throughput_videos_per_s": timing["throughput_images_per_s"]})
+                            "throughput_samples_per_s": timing["throughput_samples_per_s"]})
         return metrics
 
     def verdict(self, record: dict) -> Verdict | None:
@@ -218,4 +218,4 @@ class SentimentTask(Task):
 
     def summary_keys(self) -> list[str]:
         return ["accuracy", "balanced_accuracy", "weighted_accuracy", "f1_macro", "f1_weighted", "parse_success_rate",
-                "num_videos", "skipped_videos", "latency_p50_s"]
+                "num_samples", "skipped_unreadable_videos", "latency_p50_s"]

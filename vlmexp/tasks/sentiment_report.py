@@ -26,14 +26,14 @@ RATE_METRICS = {
     "parse_success_rate": "fraction of evaluated videos whose answer gave a label (score decision: always 1)",
 }
 OTHER_METRICS = {
-    "num_videos": "videos evaluated (rows of results.csv)",
-    "skipped_videos": "listed videos that were missing or could not be decoded (skipped_videos.csv)",
+    "num_samples": "videos evaluated (rows of results.csv)",
+    "skipped_unreadable_videos": "listed videos that were missing or could not be decoded (skipped_videos.csv)",
     "unparsed_answers": "answers that named no label; predicted as task.fallback_label",
     "engine_errors": "requests the engine gave up on (counted as unparsed)",
     "latency_mean_s": "mean model time per video, seconds",
     "latency_p50_s": "median model time per video, seconds",
     "latency_p95_s": "95th percentile of model time per video, seconds",
-    "throughput_videos_per_s": "videos per second of wall time",
+    "throughput_samples_per_s": "videos per second of wall time",
     "eval_wall_s": "wall-clock seconds of the whole evaluation, video decoding included",
     "prompt_tokens_total": "prompt tokens over every evaluated video, resumed or reused ones included (engine)",
     "completion_tokens_total": "generated tokens over every evaluated video (engine)",

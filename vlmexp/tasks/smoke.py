@@ -282,6 +282,7 @@ class SmokeTask(Task):
     def summary_keys(self) -> list[str]:
         return ["accuracy", "precision", "recall", "f1", "false_positive_rate", "parse_success_rate",
                 "mean_iou", "iou40_hit_rate", "map_iou40", "ttd_frames_mean", "ttd_seconds_mean",
-                "sequences_detected", "sequences_missed", "false_alarm_sequences", "num_images", "skipped_images",
+                "sequences_detected", "sequences_missed", "false_alarm_sequences", "num_samples",
+                "skipped_corrupt_images",
                 "latency_p50_s", "early_fire_score", "f1_robust", "early_fire_score_robust"]
 

@@ -35,6 +35,10 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None: ...
 
+    def where(self) -> str | None:
+        """Where to look at the run that ended: printed at the end of the run (None: nothing to print)."""
+        return None
+
     # -- sweeps (``-m``): called by the sweep callback, once, in the process that launches the jobs --
     def open_sweep(self, sweep_dir: Path, name: str) -> str | None:
         """Make the sweep's parent run before any job starts, and note it in ``sweep_dir``, where every

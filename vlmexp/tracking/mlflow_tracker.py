@@ -104,7 +104,7 @@ class MlflowTracker(Tracker):
         # The environment variable wins, as MLflow users expect; else the config; else the default.
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri()
         self.experiment = experiment
-        self.run_id = None
+        self.run_id = self.experiment_id = None
         self._remote = urlparse(self.tracking_uri).scheme in ("http", "https")
         if self._remote:  # this tracker retries by itself: one request never waits for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -163,6 +163,7 @@ class MlflowTracker(Tracker):
                     tags["mlflow.parentRunId"] = parent
                 run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
                 self.run_id = run.info.run_id
+            self.experiment_id = experiment_id
         except Exception as exc:
             if _transient(exc):
                 raise TrackingError(f"the MLflow server at {self.tracking_uri} stopped answering "
@@ -293,6 +294,18 @@ class MlflowTracker(Tracker):
         if status == "FINISHED":
             raise TrackingError(message)
         log.warning(message)
+
+    def where(self) -> str | None:
+        """The run id, the store, and how to open the run: the ``mlflow ui`` command for a local store,
+        the run's page on a tracking server."""
+        if not self.run_id:
+            return None
+        lines = [f"MLflow run {self.run_id} in {self.tracking_uri}"]
+        if urlparse(self.tracking_uri).scheme in ("http", "https"):
+            lines.append(f"open: {self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}")
+        else:
+            lines.append(f"open: mlflow ui --backend-store-uri {self.tracking_uri}")
+        return "\n".join(lines)
 
     def _work(self) -> None:
         delay = 0.5

@@ -9,6 +9,8 @@ import csv
 import math
 from pathlib import Path
 
+from vlmexp.tracking.names import logged, logged_name
+
 SUMMARY_CSV, SUMMARY_MD = "sweep_summary.csv", "sweep_summary.md"
 
 
@@ -39,9 +41,10 @@ def summarise(client, parent_id: str, sweep_dir: Path, metric: str | None, direc
     children = sorted(client.search_runs(experiments, filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"),
                       key=lambda r: (_job_number(r.info.run_name), r.info.start_time))
     jobs = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "overrides": parse_overrides(r.data.tags.get("vlmexp.overrides", "")), "metrics": r.data.metrics,
+             "overrides": parse_overrides(r.data.tags.get("vlmexp.overrides", "")), "metrics": logged(r.data.metrics),
              "metric": metric or r.data.tags.get("vlmexp.main_metric")} for r in children]
     metric = metric or next((j["metric"] for j in jobs if j["metric"]), None)
+    metric = logged_name(metric) if metric else None  # f1, test/f1 and an earlier release's tag alike
     keys = sorted({k for j in jobs for k in j["overrides"]})
     swept = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
     scored = [j for j in jobs if j["status"] == "FINISHED" and metric in j["metrics"]

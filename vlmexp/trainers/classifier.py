@@ -27,7 +27,8 @@ from vlmexp.config.schema import ClassifierTrainConfig
 from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
-from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult
+from vlmexp.tracking.names import logged
+from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult, stage_param
 from vlmexp.trainers.modules import count_parameters, freeze_parts, set_trainable, with_lora
 from vlmexp.trainers.protocols import ClassifierTask, require
 from vlmexp.trainers.stages import Stage, resolve_stages
@@ -123,7 +124,8 @@ class ClassifierTrainer(Objective):
             self.backbone_changed = True
         _configure_backbone(module, stage, self.adapter)
         self.trainable, self.total = count_parameters(module)
-        self.run.tracker.log_metrics({"trainable_params": self.trainable, "total_params": self.total}, step=index + 1)
+        self.run.tracker.log_params({stage_param("model.trainable_params", index): self.trainable,
+                                     stage_param("model.total_params", index): self.total})
         log.info("stage %d (%s, backbone %s): %s of %s parameters trainable", index + 1, stage.name,
                  stage.backbone, f"{self.trainable:,}", f"{self.total:,}")
         self.best = _snapshot(module)  # the best weights so far are the current ones
@@ -194,10 +196,11 @@ class ClassifierTrainer(Objective):
         hw = run.cfg.hardware
         classifier = load_classifier(checkpoint, hw.device, hw.precision, hw.attn_implementation)
         for epoch, loss in summary["history"]["val"]:
-            run.tracker.log_metrics({"val_loss": loss}, step=int(epoch))
-        run.tracker.log_metrics({"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"],
-                                 "trainable_params": summary["trainable_params"],
-                                 "total_params": summary["total_params"]})
+            run.tracker.log_metrics(logged({"val_loss": loss}), step=int(epoch))
+        best = {"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]}
+        run.tracker.log_metrics(logged(best))
+        run.tracker.log_params({"model.trainable_params": summary["trainable_params"],
+                                "model.total_params": summary["total_params"]})
         return TrainResult(classifier, classifier.processor, checkpoint, summary["best_epoch"], summary["history"])
 
     @staticmethod

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from vlmexp import distributed
 from vlmexp.errors import VlmexpError
+from vlmexp.tracking.names import logged
 from vlmexp.trainers.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad >= self.patience
+
+
+def stage_param(name: str, index: int) -> str:
+    """The param a stage's constant is logged as: ``name`` for the first stage, ``name.stageN`` after."""
+    return name if index == 0 else f"{name}.stage{index + 1}"
 
 
 def optimizer_step(accelerator, loss, params, optimizer, scheduler, max_grad_norm: float | None) -> None:
@@ -180,8 +186,8 @@ class TrainingLoop:
         if stopper.best_epoch == 0:
             raise VlmexpError("training: no epoch gave a finite validation loss (NaN or inf, or no readable "
                               "image); check the data or lower train.lr")
-        run.tracker.log_metrics({"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
-                                 "skipped_corrupt_images": len(progress.unreadable)})
+        run.tracker.log_metrics(logged({"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best,
+                                        "skipped_corrupt_images": len(progress.unreadable)}))
         result = objective.finish(run, progress, stopper)
         result.unreadable = set(progress.unreadable)
         return result
@@ -209,7 +215,7 @@ class TrainingLoop:
         model, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
         stopper.patience, stopper.bad = cfg.patience, 0
         effective = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
-        run.tracker.log_metrics({"effective_batch_size": effective}, step=index + 1)
+        run.tracker.log_params({stage_param("train.effective_batch_size", index): effective})
         log.info("%s: %d examples per optimizer step (%d per process x %d processes x %d accumulated)",
                  stage.name, effective, cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
         first_epoch, stage_steps = progress.epoch, 0
@@ -231,7 +237,7 @@ class TrainingLoop:
             metrics.update({f"{k}{suffix}": v for k, v in
                             objective.epoch_metrics(run, task, accelerator, accelerator.unwrap_model(model),
                                                     splits).items()})
-            run.tracker.log_metrics(metrics, step=log_step)
+            run.tracker.log_metrics(logged(metrics, "val"), step=log_step)
             model.train()
             return loss
 
@@ -246,6 +252,7 @@ class TrainingLoop:
             for batch in bar:
                 if not batch:  # every image of the batch was unreadable
                     continue
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
                 with accelerator.accumulate(model):
                     loss = objective.loss(model, batch)
                     optimizer_step(accelerator, loss, params, optimizer, scheduler, cfg.max_grad_norm)
@@ -256,8 +263,7 @@ class TrainingLoop:
                     epoch_losses.append(value)
                     progress.history["train"].append((epoch - 1 + min(1.0, len(epoch_losses) / steps_per_epoch),
                                                       value))
-                    run.tracker.log_metrics({"train_loss": value, "lr": scheduler.get_last_lr()[0]},
-                                            step=progress.step)
+                    run.tracker.log_metrics(logged({"train_loss": value, "lr": lr}), step=progress.step)
                     bar.set_postfix(loss=f"{value:.4f}")
                     if cfg.eval_every_steps and progress.step % cfg.eval_every_steps == 0:
                         validate(progress.step, suffix="_step")

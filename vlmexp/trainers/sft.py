@@ -114,7 +114,7 @@ class SFTTrainer(Objective):
         self.model, self.processor, self.adapter = self.prepare_model(run)
         model = self.model
         trainable, total = (model.get_nb_trainable_parameters() if is_peft(model) else count_parameters(model))
-        run.tracker.log_metrics({"trainable_params": trainable, "total_params": total})
+        run.tracker.log_params({"model.trainable_params": trainable, "model.total_params": total})
         log.info("trainable parameters: %s of %s", f"{trainable:,}", f"{total:,}")
         if trainable == 0:
             raise ConfigError("train.freeze_*: every parameter is frozen; nothing to train")
