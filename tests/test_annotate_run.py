@@ -79,11 +79,11 @@ def test_annotate_labelled_shapes_gives_exact_qa_and_a_registered_dataset(tmp_pa
     (found,) = mlflow.search_runs(experiment_names=["annotate"], output_format="list")
     metrics = found.data.metrics
     boxes = Counter(label for objects in truth.values() for label, _ in objects)
-    assert metrics["images"] == 10 and metrics["skipped_corrupt_images"] == 1
-    assert {k: v for k, v in metrics.items() if k.startswith("boxes_")} == {
+    assert metrics["data/images"] == 10 and metrics["data/skipped_corrupt_images"] == 1
+    assert {k.removeprefix("data/"): v for k, v in metrics.items() if k.startswith("data/boxes_")} == {
         f"boxes_{label}": float(n) for label, n in boxes.items()}
-    assert metrics["qa_pairs"] == sum(len(e["qa"]) for e in entries.values())
-    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (8, 1, 1)
+    assert metrics["data/qa_pairs"] == sum(len(e["qa"]) for e in entries.values())
+    assert (metrics["data/train_images"], metrics["data/val_images"], metrics["data/test_images"]) == (8, 1, 1)
     (dataset_input,) = found.inputs.dataset_inputs
     assert dataset_input.dataset.name == "annotate-shapes"
     assert json.loads(dataset_input.dataset.profile)["images"] == 10
@@ -102,7 +102,7 @@ def test_annotate_labelled_shapes_gives_exact_qa_and_a_registered_dataset(tmp_pa
     newest = mlflow.search_runs(experiment_names=["annotate"], output_format="list", order_by=["start_time DESC"])[0]
     assert newest.data.tags["vlmexp.reused_predictions"] == "11"
     metrics = newest.data.metrics
-    assert (metrics["train_images"], metrics["val_images"], metrics["test_images"]) == (5, 2, 3)
+    assert (metrics["data/train_images"], metrics["data/val_images"], metrics["data/test_images"]) == (5, 2, 3)
     again = json.loads((out / "annotations.json").read_text())["images"]
     assert [(e["objects"], e["qa"]) for e in again] == [(e["objects"], e["qa"]) for e in annotations["images"]]
 

@@ -141,7 +141,7 @@ def test_a_run_logs_intervals_and_shows_them_in_its_table(cache_dir, tmp_path, c
     assert f1_line.split(None, 1)[1] == (f"{metrics['f1']:.4f} [{metrics['f1_ci_low']:.4f}, "
                                          f"{metrics['f1_ci_high']:.4f}]")
     [logged] = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
-    assert logged.data.metrics["f1_ci_high"] == metrics["f1_ci_high"]
+    assert logged.data.metrics["test/f1_ci_high"] == metrics["f1_ci_high"]
     again = run(compose_config([*base, "eval.bootstrap=0"]), output_dir=tmp_path / "b")  # same predictions
     assert not [k for k in again if k.endswith(("_ci_low", "_ci_high"))]
     assert again["f1"] == metrics["f1"]

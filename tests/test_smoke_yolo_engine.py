@@ -87,10 +87,11 @@ def test_a_smoke_run_on_the_real_detector(weights, tmp_path):
     fn = sum(not r["pred"] and r["truth"] for r in records)
     [logged] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     metrics = logged.data.metrics
-    assert metrics["parse_success_rate"] == 1.0 and metrics["num_samples"] == 6
-    assert metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    assert metrics["recall"] == pytest.approx(tp / 3)
-    for key in ("f1_ci_low", "f1_ci_high", "early_fire_score", "ttd_frames_mean", "mean_iou", "map_iou40"):
+    assert metrics["test/parse_success_rate"] == 1.0 and metrics["data/num_samples"] == 6
+    assert metrics["test/f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    assert metrics["test/recall"] == pytest.approx(tp / 3)
+    for key in ("test/f1_ci_low", "test/f1_ci_high", "test/early_fire_score", "test/ttd_frames_mean", "test/mean_iou",
+                "test/map_iou40"):
         assert key in metrics, key
     assert logged.data.tags["vlmexp.model_identity.checkpoint"] == "best.pt"
 
