@@ -216,7 +216,7 @@ def test_evaluation_in_two_processes_killed_in_one_rank_resumes_to_the_one_proce
 def assert_one_run_of_the_main_process_eval(launch: Launch, out: str) -> None:
     client, run = launch.only_run("smoke")
     assert out.count("metric ") == 1
-    assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "test/accuracy")) == 1
     assert not list(launch.work_dir("smoke").glob("predictions.rank*"))
 
 
