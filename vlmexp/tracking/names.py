@@ -17,12 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 SWEPT_FILE = "swept_keys.json"  # in a sweep's folder: {key: the values the sweep gives it, as written}
 IN_NAME = ("task", "model", "engine")  # the groups whose choice the name already shows
 #: Keys that say where things go, not what the experiment is: never part of a name.
-HIDDEN = ("paths.", "logger.", "hydra.", "hydra/")
+HIDDEN = ("paths", "logger", "hydra")
 MAX_NAME = 250  # MLflow's limit on a run name
 
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def _hidden(key: str) -> bool:
+    return key.replace("/", ".").split(".", 1)[0] in HIDDEN
 
 
 def engine_choice(cfg: DictConfig) -> str:
@@ -58,7 +62,7 @@ def shown(overrides: Iterable[str], swept: Iterable[str] | None = None) -> list[
     out = []
     for o in overrides:
         key = _key(o)
-        if "=" not in o or key in IN_NAME or key.startswith(HIDDEN):
+        if "=" not in o or key in IN_NAME or _hidden(key):
             continue
         if swept is None or key in swept:
             out.append(o)
@@ -111,5 +115,5 @@ def sweep_label(config: DictConfig, swept: dict[str, str]) -> str:
             str(config.model.name) if "model" not in swept else None,
             str(choices.get("engine") or engine_choice(config)) if "engine" not in swept else None]
     name = " ".join(["sweep", *(h for h in head if h)])
-    tail = shorten(f"{k}={v}" for k, v in swept.items() if not k.startswith(HIDDEN))
+    tail = shorten(f"{k}={v}" for k, v in swept.items() if not _hidden(k))
     return (f"{name}: {' '.join(tail)}" if tail else name)[:MAX_NAME]
