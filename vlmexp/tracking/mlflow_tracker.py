@@ -188,10 +188,12 @@ class MlflowTracker(Tracker):
     def _start_system_metrics(self, resumed: bool) -> None:
         """MLflow's monitor (CPU, memory, disk, network, GPU: ``system/...`` metrics), sampled every
         ``system_metrics_interval_s``. It logs from its own thread, best effort: a server that stops
-        answering stops it with one warning, and the run goes on."""
+        answering stops it (the sender's warning tells of the outage), and the run goes on."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per start and stop
+        # Quiet: its start and stop lines, and its paragraph when the server goes away (the sender's one
+        # warning says so; the monitor then stops for the rest of the run).
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
         try:
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_interval_s,
                                                  resume_logging=resumed, tracking_uri=self.tracking_uri)
