@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_addoption(parser) -> None:
     parser.addoption("--fault-seed", default=None, help="replay the fault-injection tests' kill instants")
+    parser.addoption("--mlflow-ui-shots", default=None, help="where tests/test_mlflow_ui.py keeps its screenshots")
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_compare_two_runs_on_the_same_frames(cache_dir, tmp_path):
     assert len(truth) == 16 and 0 < smoke < 16
 
     # by run names, as a user types them, through the console entry point
-    done = cli("smoke-tiny-ScriptedEngine-eval", "smoke-qwen7b-ScriptedEngine-eval", "--experiment", "smoke",
+    done = cli("smoke tiny scripted", "smoke qwen7b scripted", "--experiment", "smoke",
                "--out", str(tmp_path / "cmp"))
     assert done.returncode == 0, done.stderr
     assert "paired samples: 16" in done.stdout and "McNemar exact p" in done.stdout
@@ -88,7 +88,7 @@ def test_compare_refuses_runs_on_different_data(cache_dir, tmp_path):
     done = cli(run_a, run_b)
     assert done.returncode == 2 and done.stdout == ""
     [line] = done.stderr.splitlines()
-    assert line.startswith("error: runs smoke-tiny-ScriptedEngine-eval") and "not evaluated on the same data" in line
+    assert line.startswith("error: runs smoke tiny scripted (") and "not evaluated on the same data" in line
     done = cli(run_a, "no-such-run")
     assert done.returncode == 2 and done.stderr.splitlines() == [
         f"error: no-such-run: no MLflow run with this id, nor a finished run with this name, in "

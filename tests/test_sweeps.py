@@ -51,9 +51,19 @@ def assert_summary(client, parent, children, swept: list[str], metric: str, jobs
     assert parent.info.status == "FINISHED"
     assert len(children) == jobs and all(c.info.status == "FINISHED" for c in children)
     assert all(parent.info.start_time <= c.info.start_time for c in children)  # made before any job started
-    assert sorted(c.info.run_name.rsplit("#", 1)[1] for c in children) == [str(i) for i in range(jobs)]
+    assert sorted(c.data.tags["vlmexp.sweep_job"] for c in children) == [str(i) for i in range(jobs)]
+    # each job is named after its own values of the swept keys; the parent after the keys
+    assert len({c.info.run_name for c in children}) == jobs
+    for c in children:
+        assert c.info.run_name.startswith("smoke tiny hf ")
+        assert c.info.run_name.split(" ", 3)[3] == " ".join(f"{k.rsplit('.', 1)[-1]}={value(c, k)}" for k in swept)
+    assert parent.info.run_name.startswith("sweep smoke tiny hf: ")
+    assert set(swept) <= set(parent.data.params)
     best = max(children, key=lambda c: c.data.metrics[metric])
     assert parent.data.metrics[f"best_{metric}"] == best.data.metrics[metric]
+    tied_metrics = [c.data.metrics for c in children if c.data.metrics[metric] == best.data.metrics[metric]]
+    own = {k: v for k, v in parent.data.metrics.items() if k in best.data.metrics and not k.startswith("system/")}
+    assert own and any(own == {k: m[k] for k in own} for m in tied_metrics)  # the best job's metrics
     assert parent.data.metrics["jobs"] == jobs == parent.data.metrics["jobs_finished"]
     assert parent.data.params["sweep_metric"] == metric
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

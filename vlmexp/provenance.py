@@ -35,7 +35,7 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     derived = tuple(getattr(task_cls, "derived_keys", ()))  # keys applied after the predictions
     if hasattr(task_cls, "inert_keys"):
         derived += tuple(task_cls.inert_keys(data["task"]))
-    data["task"] = {k: v for k, v in data["task"].items() if k not in derived}
+    data["task"] = {k: v for k, v in data["task"].items() if k not in derived and k != "description"}
     data["model"].pop("box_format", None)  # how generated Q&A write boxes, not what the model answers
     for key in ("detector", "captioner"):  # task=annotate's plugins; absent (None) elsewhere
         if data.get(key) is None:

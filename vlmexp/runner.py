@@ -28,8 +28,11 @@ from vlmexp.runlock import RunLock
 from vlmexp.startup import check_free_space, check_writable
 from vlmexp.summary import format_value
 from vlmexp.tracking.base import Tracker
+from vlmexp.tracking.datasets import PREDICTIONS_TABLE, log_splits, prediction_table
 from vlmexp.tracking.names import find, logged, logged_name
 from vlmexp.tracking.params import readable_params
+from vlmexp.tracking.run_names import run_label
+from vlmexp.tracking.sweep_summary import JOB_TAG
 from vlmexp.workdir import prepare_work_dir, run_key
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class RunContext:
     metrics: dict = field(default_factory=dict)
     model_identity: dict = field(default_factory=dict)  # the model as served, part of work_dir's key
     tags: dict = field(default_factory=dict)  # the tags set on the tracking run (summary.md reads them)
+    label: str = ""  # the run's name: task, model, engine and what the job overrides (plot titles)
 
     @property
     def mode(self) -> str:
@@ -172,15 +176,15 @@ def _tracked(ctx: RunContext, task, splits, mode: str, engine, inputs: dict, ove
     tracker, work_dir = ctx.tracker, ctx.work_dir
     run_id_file = work_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    run_name = f"{task.name}-{ctx.cfg.model.name}-{ctx.cfg.engine._target_.rsplit('.', 1)[-1]}-{mode}"
-    if sweep:  # the job's folder in the sweep (its number)
-        run_name += f" #{ctx.output_dir.name}"
-    run_id = tracker.start(run_name, resume_run_id=previous, sweep=sweep, state_dir=work_dir)
+    ctx.label = run_label(ctx.cfg, overrides, sweep)
+    run_id = tracker.start(ctx.label, resume_run_id=previous, sweep=sweep, state_dir=work_dir)
     if run_id:
         write_text_atomic(run_id_file, run_id)
+    if sweep:  # the job's folder in the sweep (its number): the sweep's summary lists the jobs in order
+        tracker.set_tags({JOB_TAG: ctx.output_dir.name})
     try:
         if distributed.is_main():
-            _log_run_inputs(ctx, splits, overrides, inputs)
+            _log_run_inputs(ctx, task, splits, overrides, inputs)
         metrics = _execute(ctx, task, splits, mode, engine)
     except KeyboardInterrupt:
         tracker.end("KILLED")
@@ -205,12 +209,14 @@ def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | 
     return next((k for k in task.summary_keys() if k in metrics), None)
 
 
-def _log_run_inputs(ctx: RunContext, splits, overrides: list[str] | None, inputs: dict) -> None:
+def _log_run_inputs(ctx: RunContext, task, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     task_cls = get_class(cfg.task._target_)
     inert = tuple(task_cls.inert_keys(resolved["task"])) if hasattr(task_cls, "inert_keys") else ()
     tracker.log_params(readable_params(resolved, _hydra_choices(), inert))
+    tracker.set_experiment_description(cfg.task.get("description") or "")
+    log_splits(tracker, cfg, task, splits, inputs["data_fingerprint"])
     tags = {"vlmexp.overrides": " ".join(overrides or []),
             "vlmexp.git_commit": git_commit(), "vlmexp.config_fingerprint": ctx.fingerprint,
             "vlmexp.dataset_fingerprint": dataset_fingerprint(
@@ -278,11 +284,14 @@ def _log_training_outputs(ctx: RunContext, result) -> None:
     from vlmexp.plots import loss_curve
 
     plot = loss_curve(result.history["train"], result.history["val"], ctx.output_dir / "loss_curve.png",
-                      f"{ctx.cfg.task.name} / {ctx.cfg.model.name}")
+                      ctx.label or f"{ctx.cfg.task.name} {ctx.cfg.model.name}")
     ctx.tracker.log_artifact(plot)
     size = sum(f.stat().st_size for f in result.checkpoint_dir.rglob("*") if f.is_file())
     if size <= 200 * 1024 * 1024:
         ctx.tracker.log_artifact(result.checkpoint_dir, "checkpoint")
+        if any((result.checkpoint_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
+            # a model load_vlm loads (not a classifier head): an MLflow model too, registered when asked
+            ctx.tracker.log_model(result.checkpoint_dir, ctx.work_dir / "resolved_config.yaml")
     ctx.tracker.set_tags({"vlmexp.checkpoint_dir": str(result.checkpoint_dir)})
 
 
@@ -321,6 +330,7 @@ def _evaluate(ctx: RunContext, task, engine, samples, unreadable_in_training: se
     predictions.unlink(missing_ok=True)
     PredictionStore(predictions).append(records)
     ctx.tracker.log_artifact(predictions)
+    ctx.tracker.log_table(prediction_table(task, records), PREDICTIONS_TABLE)
     for path in task.write_artifacts(records, metrics, ctx.output_dir):
         ctx.tracker.log_artifact(path)
     return metrics

@@ -1,7 +1,8 @@
 """The Hydra callback that gives a sweep (``-m``) its one parent run, whatever launches the jobs.
 
 ``on_multirun_start`` runs once, in the process that launches the jobs, before any starts: the
-logger makes the parent run and notes its id in the sweep folder, where every job (in this process,
+logger makes the parent run (named after the swept keys, which are its params) and notes its id, and
+the swept keys that name the jobs' runs, in the sweep folder, where every job (in this process,
 a joblib worker, a submitit process, a SLURM node) finds it and opens its own run as a child. The
 parent stays RUNNING until ``on_multirun_end``, which puts the sweep's summary on it and ends it.
 Configured in conf/config.yaml (``hydra.callbacks.sweep``).
@@ -10,6 +11,7 @@ Configured in conf/config.yaml (``hydra.callbacks.sweep``).
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,14 @@ class SweepParentCallback(Callback):
         self._open: DictConfig | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vlmexp.atomic import write_text_atomic
+        from vlmexp.tracking.run_names import SWEPT_FILE, sweep_label, swept_overrides
+
         sweep_dir = _sweep_dir(config)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        parent = _tracker(config).open_sweep(sweep_dir, f"sweep {sweep_dir.name}")
+        swept = swept_overrides(config)  # each job's run is named after its values of these keys
+        write_text_atomic(sweep_dir / SWEPT_FILE, json.dumps(swept))
+        parent = _tracker(config).open_sweep(sweep_dir, sweep_label(config, swept), params=swept)
         if parent:
             log.info("sweep parent run %s (%s)", parent, sweep_dir)
             # A job that fails stops the sweep before on_multirun_end: the parent is then summarised

@@ -55,9 +55,10 @@ class AnnotateTask(Task):
     derived_keys = ("qa_templates", "split", "output_dir", "gallery_size")
 
     def __init__(self, name: str = "annotate", default_mode: str = "eval", trainer=None, evaluator=None, *,
+                 description: str = "",
                  qa_templates: dict | None = None, split: dict | None = None, output_dir: str | None = None,
                  gallery_size: int = 12):
-        super().__init__(name, default_mode, trainer, evaluator)
+        super().__init__(name, default_mode, trainer, evaluator, description)
         self.template_nodes = qa_templates or {}
         self.split = dict(split or {"train": 0.8, "val": 0.1})
         self.output_dir = output_dir

@@ -60,8 +60,10 @@ class Task(ABC):
         adding such a switch keeps the fingerprints and predictions of existing runs."""
         return ()
 
-    def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None):
+    def __init__(self, name: str, default_mode: str = "eval", trainer: Any = None, evaluator: Any = None,
+                 description: str = ""):
         self.name = name
+        self.description = description  # what the task is, for people (the MLflow experiment's description)
         self.default_mode = default_mode
         self.trainer = trainer
         self.evaluator = evaluator

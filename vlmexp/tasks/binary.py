@@ -29,9 +29,10 @@ class BinaryTask(Task):
     path_keys = ("train_file", "val_file", "test_file")
 
     def __init__(self, name: str = "binary", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
+                 description: str = "",
                  class_names: Sequence[str] = ("0", "1"), head=None, checkpoint: str | None = None,
                  batch_size: int = 16, classifier_engine=None):
-        super().__init__(name, default_mode, trainer, evaluator)
+        super().__init__(name, default_mode, trainer, evaluator, description)
         # The engine that serves a trained classifier (``_target_``), built by the run's engine factory.
         self.classifier_engine = classifier_engine or {"_target_": "vlmexp.engines.classifier.ClassifierEngine"}
         self.class_names = [str(c) for c in class_names]

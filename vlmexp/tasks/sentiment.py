@@ -40,10 +40,11 @@ class SentimentTask(Task):
     modes = ("eval",)
 
     def __init__(self, name: str = "sentiment", default_mode: str = "eval", trainer=None, evaluator=None, *,
+                 description: str = "",
                  prompt: str, system_prompt: str | None = None, num_frames: int = 8, frame_mode: str = "center",
                  frame_size: int | None = 224, decision: str = "auto", fallback_label: str = "Negative",
                  lexicon: Mapping[str, Sequence[str]] | None = None, max_new_tokens: int = 16):
-        super().__init__(name, default_mode, trainer, evaluator)
+        super().__init__(name, default_mode, trainer, evaluator, description)
         if frame_mode not in FRAME_MODES:
             raise ConfigError(f"task.frame_mode={frame_mode}: expected one of {', '.join(FRAME_MODES)}")
         if decision not in DECISIONS:

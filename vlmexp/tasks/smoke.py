@@ -31,7 +31,7 @@ class SmokeTask(Task):
     path_keys = ("root", "train_root", "val_root")
 
     def __init__(self, name: str = "smoke", default_mode: str = "eval", trainer=None, evaluator=None, *,
-                 system_prompt: str, user_prompt: str, smoke_classes: Sequence[int] = (0,),
+                 description: str = "", system_prompt: str, user_prompt: str, smoke_classes: Sequence[int] = (0,),
                  bad_json: str = "negative", iou_threshold: float = 0.4, max_new_tokens: int = 64,
                  calibration: bool = True, localisation: bool = True, robustness: bool = False,
                  robustness_seed: int = 0, robustness_shake: float = 0.03, robustness_blur: float = 0.02,
@@ -41,7 +41,7 @@ class SmokeTask(Task):
                  context_frames: int = 1,
                  context_prompt: str = "These are the last {n} frames of one camera, oldest first; answer for the "
                                        "last one."):
-        super().__init__(name, default_mode, trainer, evaluator)
+        super().__init__(name, default_mode, trainer, evaluator, description)
         self.system_prompt, self.user_prompt = system_prompt, user_prompt
         self.context_frames, self.context_prompt = context_frames, context_prompt
         self._sequences: dict[tuple, list[SmokeFrame]] | None = None  # (sequence, variant) -> frames in order

@@ -35,8 +35,8 @@ class VQATask(Task):
     path_keys = ("train_file", "val_file", "test_file", "image_dir", "root")
 
     def __init__(self, name: str = "vqa", default_mode: str = "train_eval", trainer=None, evaluator=None, *,
-                 system_prompt: str | None = None, max_new_tokens: int = 32):
-        super().__init__(name, default_mode, trainer, evaluator)
+                 description: str = "", system_prompt: str | None = None, max_new_tokens: int = 32):
+        super().__init__(name, default_mode, trainer, evaluator, description)
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
 

@@ -33,6 +33,16 @@ class Tracker:
                   profile: dict | None = None) -> None:
         """Register a dataset the run used or produced (``mlflow.log_input``)."""
 
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        """A table of equal-length columns (``mlflow.log_table``: per-sample results runs are compared by)."""
+
+    def log_model(self, checkpoint: Path, config: Path) -> None:
+        """A fine-tuned checkpoint (and the run's resolved config beside it) as the run's model,
+        registered when the tracker is configured to."""
+
+    def set_experiment_description(self, text: str) -> None:
+        """The description the run's experiment shows (its task's)."""
+
     def end(self, status: str = "FINISHED") -> None: ...
 
     def where(self) -> str | None:
@@ -40,9 +50,10 @@ class Tracker:
         return None
 
     # -- sweeps (``-m``): called by the sweep callback, once, in the process that launches the jobs --
-    def open_sweep(self, sweep_dir: Path, name: str) -> str | None:
-        """Make the sweep's parent run before any job starts, and note it in ``sweep_dir``, where every
-        job's :meth:`start` (given ``sweep=sweep_dir``) finds it."""
+    def open_sweep(self, sweep_dir: Path, name: str, params: dict[str, str] | None = None) -> str | None:
+        """Make the sweep's parent run (``params``: the swept keys and their values) before any job
+        starts, and note it in ``sweep_dir``, where every job's :meth:`start` (given ``sweep=sweep_dir``)
+        finds it."""
         return None
 
     def close_sweep(self, sweep_dir: Path, metric: str | None, direction: str, complete: bool = True) -> dict | None:

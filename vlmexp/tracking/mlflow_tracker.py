@@ -37,6 +37,8 @@ PARENT_FILE = "mlflow_parent_run_id"  # in a sweep's folder: the id of the sweep
 PENDING_FILE = "mlflow_pending.jsonl"  # in the run's work dir: what a run could not send
 PROBE_TRIES, PROBE_TIMEOUT_S = 2, 3.0
 RETRY_MAX_S = 10.0  # the longest pause between two tries while the server does not answer
+SYSTEM_METRICS_STOP_S = 5.0  # the longest the end of a run waits for the system metrics monitor
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows for an experiment (or a run)
 
 
 def default_tracking_uri() -> str:
@@ -97,18 +99,23 @@ class MlflowTracker(Tracker):
     #: How long the end of a run waits for a server that stopped answering before giving up.
     end_grace_s: float = 10.0
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "vlmexp"):
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "vlmexp", system_metrics: bool = True,
+                 system_metrics_interval_s: float = 2.0, register_model: str | None = None):
         import mlflow
 
         self._mlflow = mlflow
         # The environment variable wins, as MLflow users expect; else the config; else the default.
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri()
         self.experiment = experiment
+        self.system_metrics, self.system_metrics_interval_s = system_metrics, system_metrics_interval_s
+        self.register_model = register_model  # the model registry's name for the checkpoint log_model logs
         self.run_id = self.experiment_id = None
+        self._monitor = None  # MLflow's system metrics monitor, while the run is open
         self._remote = urlparse(self.tracking_uri).scheme in ("http", "https")
         if self._remote:  # this tracker retries by itself: one request never waits for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars amid the run's output
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -173,7 +180,35 @@ class MlflowTracker(Tracker):
         self._load_pending(resumed)
         self._worker = threading.Thread(target=self._work, name="mlflow-sender", daemon=True)
         self._worker.start()
+        if self.system_metrics:
+            self._start_system_metrics(resumed)
         return self.run_id
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        """MLflow's monitor (CPU, memory, disk, network, GPU: ``system/...`` metrics), sampled every
+        ``system_metrics_interval_s``. It logs from its own thread, best effort: a server that stops
+        answering stops it (the sender's warning tells of the outage), and the run goes on."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # Quiet: its start and stop lines, and its paragraph when the server goes away (the sender's one
+        # warning says so; the monitor then stops for the rest of the run).
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+        try:
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_interval_s,
+                                                 resume_logging=resumed, tracking_uri=self.tracking_uri)
+            self._monitor.start()
+        except Exception as exc:  # psutil missing, a store that refuses: the run goes on without them
+            log.warning("system metrics are off for this run: %s", _reason(exc))
+            self._monitor = None
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor; its last samples are sent unless the server does not answer in time."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        stopper = threading.Thread(target=monitor.finish, name="mlflow-system-metrics-stop", daemon=True)
+        stopper.start()
+        stopper.join(SYSTEM_METRICS_STOP_S)
 
     def _experiment_id(self) -> str:
         found = self._client.get_experiment_by_name(self.experiment)
@@ -227,11 +262,16 @@ class MlflowTracker(Tracker):
         return None
 
     # -- sweeps: the parent run, made before the first job and summarised after the last --------
-    def open_sweep(self, sweep_dir: Path, name: str) -> str:
+    def open_sweep(self, sweep_dir: Path, name: str, params: dict[str, str] | None = None) -> str:
+        from mlflow.entities import Param
+
         self.check()
         self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
         parent = client.create_run(self._experiment_id(), run_name=name,
                                    tags={"vlmexp.sweep_parent": str(sweep_dir), "vlmexp.sweep": str(sweep_dir)})
+        items = [Param(k[:250], str(v)[:MAX_PARAM_VALUE]) for k, v in (params or {}).items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            client.log_batch(parent.info.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
         write_text_atomic(Path(sweep_dir) / PARENT_FILE, parent.info.run_id)
         return parent.info.run_id
 
@@ -270,12 +310,23 @@ class MlflowTracker(Tracker):
         self._put("input", {"name": name, "source": source, "digest": digest, "context": context,
                             "profile": profile})
 
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        self._put("table", {"data": data, "artifact_file": artifact_file})
+
+    def log_model(self, checkpoint: Path, config: Path) -> None:
+        self._put("model", [str(Path(checkpoint).resolve()), str(Path(config).resolve())])
+
+    def set_experiment_description(self, text: str) -> None:
+        if self.experiment_id and text:
+            self._put("note", {"experiment_id": self.experiment_id, "text": text})
+
     def end(self, status: str = "FINISHED") -> None:
         """Send what is queued and the run's status. When the server stopped answering, what is left
         is saved for the next run of the command: a finished run then fails with one line saying so
         (a failed or interrupted one only warns, so that its own error is the one reported)."""
         if self._worker is None:
             return
+        self._stop_system_metrics()
         self._put("end", status)
         with self._cond:
             while self._queue and not (self._down_since and time.monotonic() - self._down_since > self.end_grace_s):
@@ -377,8 +428,28 @@ class MlflowTracker(Tracker):
                 client.log_artifact(run_id, str(path), artifact_path)
         elif kind == "input":
             self._send_input(payload)
+        elif kind == "table":
+            # a continued run (the same predictions) keeps its table: MLflow would append the rows again
+            if payload["artifact_file"] not in {a.path for a in client.list_artifacts(run_id)}:
+                client.log_table(run_id, data=payload["data"], artifact_file=payload["artifact_file"])
+        elif kind == "model":
+            self._send_model(Path(payload[0]), Path(payload[1]))
+        elif kind == "note":
+            client.set_experiment_tag(payload["experiment_id"], NOTE_TAG, payload["text"])
         elif kind == "end":
             client.set_terminated(run_id, payload)
+
+    def _send_model(self, checkpoint: Path, config: Path) -> None:
+        """The checkpoint as the run's MLflow model (a pyfunc that loads it with ``vlmexp.load_vlm``),
+        registered as ``register_model``; once per run (a continued run that logged it keeps it)."""
+        from vlmexp.tracking.pyfunc_model import log_checkpoint_model
+
+        if not checkpoint.is_dir() or not config.is_file():
+            return
+        held = self._client.search_logged_models([self.experiment_id],
+                                                 filter_string=f"source_run_id = '{self.run_id}'", max_results=1)
+        if len(held) == 0:
+            log_checkpoint_model(self.run_id, checkpoint, config, registered_model_name=self.register_model)
 
     def _send_input(self, payload: dict) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag

@@ -1,6 +1,7 @@
 """The summary a sweep's MLflow parent run holds once its last job ended: a table of the jobs (their
 overrides and metrics), the best job (its overrides as ``best_<key>`` params, its metric as
-``best_<metric>``) and, for each swept key, a plot of the main metric against the key's values.
+``best_<metric>``, and all its metrics under their own names) and, for each swept key, a plot of the
+main metric against the key's values.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ def parse_overrides(text: str) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in pairs}
 
 
-def _job_number(run_name: str) -> int:
-    """The job's number in the sweep (the ``#N`` its run name ends with)."""
-    tail = run_name.rsplit("#", 1)[-1]
+JOB_TAG = "vlmexp.sweep_job"  # a job's number in its sweep (its folder's name)
+
+
+def _job_number(run) -> int:
+    """The job's number in the sweep: its tag, else the ``#N`` the run names of older versions end with."""
+    tail = run.data.tags.get(JOB_TAG) or run.info.run_name.rsplit("#", 1)[-1]
     return int(tail) if tail.isdigit() else -1
 
 
@@ -39,7 +43,7 @@ def summarise(client, parent_id: str, sweep_dir: Path, metric: str | None, direc
     (FAILED when a job did not finish or the sweep stopped before its last job)."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     children = sorted(client.search_runs(experiments, filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"),
-                      key=lambda r: (_job_number(r.info.run_name), r.info.start_time))
+                      key=lambda r: (_job_number(r), r.info.start_time))
     jobs = [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "overrides": parse_overrides(r.data.tags.get("vlmexp.overrides", "")), "metrics": logged(r.data.metrics),
              "metric": metric or r.data.tags.get("vlmexp.main_metric")} for r in children]
@@ -87,6 +91,8 @@ def _metrics(best, metric: str | None, jobs: list[dict]) -> list:
               Metric("jobs_finished", float(sum(j["status"] == "FINISHED" for j in jobs)), now, 0)]
     if best:
         values.append(Metric(f"best_{metric}", best["metrics"][metric], now, 0))
+        # the best job's own metrics under their own names: the parent sorts and compares with its jobs
+        values += [Metric(k, v, now, 0) for k, v in best["metrics"].items() if not k.startswith("system/")]
     return values
 
 
