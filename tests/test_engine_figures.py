@@ -27,12 +27,13 @@ def records(folder) -> list[dict]:
 
 
 def test_throughput_counts_requests_in_flight_once(cache_dir, tmp_path):
-    with FakeServer(models=[QWEN_TAG], delay_s=0.3) as server:
+    # a long delay next to the client's own work (resizing, storing), so a loaded machine still shows it
+    with FakeServer(models=[QWEN_TAG], delay_s=1.0) as server:
         metrics = run(ollama_eval(cache_dir, server, "engine.concurrency=4"), output_dir=tmp_path / "out")
     answered = records(tmp_path / "out")
     latency_based = 8 / sum(r["latency_s"] for r in answered)  # what a sum of latencies would say
     assert metrics["throughput_samples_per_s"] == pytest.approx(8 / sum(r["wall_s"] for r in answered))
-    assert metrics["throughput_samples_per_s"] > 2.5 * latency_based  # 4 in flight: nearly 4 times
+    assert metrics["throughput_samples_per_s"] > 2.0 * latency_based  # 4 in flight: nearly 4 times
     assert sum(r["wall_s"] for r in answered) == pytest.approx(metrics["eval_wall_s"], rel=0.3)
 
 

@@ -161,6 +161,8 @@ class RemoteEngine(Engine):
         shows the model other pixels, and boxes in pixels of the sent image come back right)."""
         if resize and run is not None:
             self.pixel_budget = (int(run.cfg.model.min_pixels), int(run.cfg.model.max_pixels))
+            # imported now (seconds, once), not inside the first batch, whose wall time it would inflate
+            from torchvision.transforms.v2 import functional  # noqa: F401
     @staticmethod
     def model_setting(run, explicit: str | None, model_key: str, engine_key: str, hint: str) -> str:
         """``engine.<engine_key>`` if given, else ``model.<model_key>``; else a one-line ConfigError."""
@@ -186,8 +188,6 @@ class RemoteEngine(Engine):
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         if self._gone:
             raise EngineError(self._gone)
-        if self.pixel_budget is not None:
-            requests = [resized_request(r, *self.pixel_budget) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
         pending = iter(range(len(requests)))
         first_number, self._numbered = self._numbered, self._numbered + len(requests)
@@ -201,7 +201,10 @@ class RemoteEngine(Engine):
                         index = next(pending, None)
                     if index is None:
                         return
-                    results[index] = self._answer(requests[index], first_number + index, stop)
+                    request = requests[index]
+                    if self.pixel_budget is not None:  # in the worker: resizing overlaps requests in flight
+                        request = resized_request(request, *self.pixel_budget)
+                    results[index] = self._answer(request, first_number + index, stop)
             except BaseException as exc:  # a bug, not a server fault: re-raised in the caller
                 crashed.append(exc)
                 stop.set()
