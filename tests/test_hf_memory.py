@@ -148,20 +148,23 @@ def test_prediction_loop_follows_an_engine_that_lowers_its_batch(tmp_path):
     from vlmexp.tasks.base import Splits, Task
 
     class Halving(ScriptedEngine):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.batches: list[int] = []
+
         def generate(self, requests):
+            self.batches.append(len(requests))
             self.batch_size = max(1, self.batch_size // 2)
             return super().generate(requests)
 
     class Echo(Task):
         def __init__(self):
             super().__init__("echo")
-            self.batches: list[int] = []
 
         def load_splits(self, run):
             return Splits(None, None, None)
 
         def predict(self, engine, samples):
-            self.batches.append(len(samples))
             engine.generate([ChatRequest(chat(None, TextPart(s.id))) for s in samples])
             return [{"id": s.id} for s in samples]
 
@@ -172,6 +175,11 @@ def test_prediction_loop_follows_an_engine_that_lowers_its_batch(tmp_path):
         def __init__(self, i):
             self.id = f"s{i}"
 
-    task, samples = Echo(), [Sample(i) for i in range(15)]
-    records = PredictionLoop().run(task, Halving(batch_size=8), samples, PredictionStore(tmp_path / "p.jsonl"))
-    assert task.batches == [8, 4, 2, 1] and [r["id"] for r in records] == [s.id for s in samples]
+    samples, engine = [Sample(i) for i in range(15)], Halving(batch_size=8)
+    store, sizes = PredictionStore(tmp_path / "p.jsonl"), []
+    real_append = store.append
+    store.append = lambda records: sizes.append(len(records)) or real_append(records)
+    records = PredictionLoop().run(Echo(), engine, samples, store)
+    # the next batch, built ahead at the old size, is cut again at the new one
+    assert engine.batches == [8, 4, 2, 1] and sizes == [8, 4, 2, 1]
+    assert [r["id"] for r in records] == [s.id for s in samples]
