@@ -105,7 +105,7 @@ def same_length_requests() -> list:
 
 @pytest.mark.parametrize("family", ["qwen", "llava"])
 def test_a_batch_sharing_its_prompt_start_scores_as_whole_texts(family, request):
-    from vlmexp.engines.scoring import shared_prefix_length
+    from vlmexp.engines.prefix import shared_prefix_length
 
     model, processor = request.getfixturevalue(family)
     reqs, candidates = same_length_requests(), CANDIDATES[1]

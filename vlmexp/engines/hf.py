@@ -228,9 +228,15 @@ class HFEngine(Engine):
         max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
         began = time.perf_counter()
         with torch.inference_mode():
+            extra = {}
+            if self.adapter.generates_from_cache:  # the prompts' shared start run once (engines.prefix)
+                from vlmexp.engines.prefix import generation_cache
+
+                if (cache := generation_cache(self.adapter, self.model, inputs)) is not None:
+                    extra["cache"] = cache
             out = self.adapter.generate(self.model, inputs, max_new_tokens=max_new, do_sample=self.do_sample,
                                         temperature=self.temperature if self.do_sample else None,
-                                        top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id)
+                                        top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id, **extra)
         elapsed = time.perf_counter() - began
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out[:, prompt_len:]

@@ -1,7 +1,7 @@
 """Candidate scoring from one forward pass per prompt.
 
 Each prompt (image included) goes through the model once, with its key/value cache kept (the start
-all prompts of a batch share, e.g. the system prompt, once for the batch); then only
+all prompts of a batch share once for the batch: :mod:`vlmexp.engines.prefix`); then only
 the candidates' own tokens go through the model on that cache, one candidate for all prompts of the
 batch at a time. The first token of every candidate is read from the prompt's next-token
 distribution, so a one-token candidate (plus its end token) costs a single extra position.
@@ -50,61 +50,6 @@ def continuation_position_ids(model, attention_mask, new_tokens: int):
     return (text + deltas)[None].expand(3, -1, -1)
 
 
-def shared_prefix_length(model, inputs, minimum: int = 16) -> int:
-    """How many leading tokens all prompts of the batch have in common, none of them padding or an
-    image/video placeholder (whose embeddings differ per row); 0 when under ``minimum`` or the batch
-    has one row. A task's prompts mostly share their system prompt and the text before the image."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    if ids.shape[0] < 2 or not bool(mask.all()):
-        return 0
-    same = (ids == ids[:1]).all(dim=0)
-    types = inputs.get("mm_token_type_ids")
-    if types is not None:
-        same &= (types == 0).all(dim=0)
-    config = model.config
-    for key in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
-        token = getattr(config, key, None)
-        if isinstance(token, int):
-            same &= ids[0] != token
-    length = min(int(same.long().cumprod(dim=0).sum()), ids.shape[1] - 1)
-    return length if length >= minimum else 0
-
-
-def prefill(adapter, model, inputs):
-    """The prompts' forward pass with its key/value cache and the last position's logits. The tokens
-    all prompts share at their start (:func:`shared_prefix_length`) go through the model once, their
-    keys/values repeated for every row; the rest of each prompt then runs on that cache."""
-    shared = shared_prefix_length(model, inputs)
-    if not shared:
-        return adapter.forward(model, {**inputs, "use_cache": True, "logits_to_keep": 1})
-    ids = inputs["input_ids"]
-    inner = getattr(model, "model", None)
-    positions = None
-    if hasattr(inner, "compute_3d_position_ids"):  # Qwen2-VL family: the whole prompts' positions
-        positions = inner.compute_3d_position_ids(
-            input_ids=ids, image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"),
-            second_per_grid_ts=inputs.get("second_per_grid_ts"), inputs_embeds=None,
-            attention_mask=inputs["attention_mask"], cache=None, mm_token_type_ids=inputs.get("mm_token_type_ids"))
-    head = {"input_ids": ids[:1, :shared], "attention_mask": inputs["attention_mask"][:1, :shared],
-            "use_cache": True, "logits_to_keep": 1}
-    if positions is not None:
-        head["position_ids"] = positions[:, :1, :shared]
-    out = adapter.forward(model, head)
-    cache = _cache(out)
-    cache.batch_repeat_interleave(ids.shape[0])
-    per_token = [key for key, value in inputs.items() if getattr(value, "shape", None) == ids.shape
-                 and key != "attention_mask" and not key.startswith("pixel_values")]
-    rest = {**inputs, **{key: inputs[key][:, shared:] for key in per_token}}
-    rest.update(cache=cache, use_cache=True, logits_to_keep=1)
-    if positions is not None:
-        rest["position_ids"] = positions[:, :, shared:]
-    return adapter.forward(model, rest)
-
-
-def _cache(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
-
-
 def score_cached(adapter, model, inputs, token_ids: list[list[list[int]]], pad_token_id: int) -> list[list[float]]:
     """Sum of log-probabilities of each candidate's tokens given its prompt. ``inputs``: the
     left-padded prompts as the adapter encodes them; ``token_ids``: per prompt, per candidate, the
@@ -114,10 +59,12 @@ def score_cached(adapter, model, inputs, token_ids: list[list[list[int]]], pad_t
     import torch
 
     n_cands = len(token_ids[0])
+    from vlmexp.engines.prefix import output_cache, prefill
+
     prompts = prefill(adapter, model, inputs)
     first = torch.log_softmax(prompts.logits[:, -1].float(), dim=-1)
     scores = torch.tensor([[float(first[i, row[j][0]]) for j in range(n_cands)] for i, row in enumerate(token_ids)])
-    cache = _cache(prompts)
+    cache = output_cache(prompts)
     prompt_len, device = cache.get_seq_length(), inputs["input_ids"].device
     for j in range(n_cands):
         column = [row[j] for row in token_ids]
