@@ -176,6 +176,8 @@ class HFEngine(Engine):
         """Encode ``requests`` now, in the calling thread, cut into the batches ``generate`` and
         ``score`` will run; they take these inputs instead of encoding again. The evaluation loop
         calls it for the next batch while the model answers the current one."""
+        if not self._encode_in_background():
+            return
         _, chunks = self._chunks(requests)
         self._prepared.append({tuple(map(id, chunk)): (chunk, self._encode_requests(chunk)) for chunk in chunks})
 
@@ -209,9 +211,15 @@ class HFEngine(Engine):
 
         order, chunks = self._chunks(requests)
         ordered = [r for chunk in chunks for r in chunk]
-        with EncodeAhead(ordered, self._encode_requests) as ahead:
+        with EncodeAhead(ordered, self._encode_requests, self._encode_in_background()) as ahead:
             answers = self._in_batches(ordered, 1, lambda chunk: self._generate_chunk(chunk, ahead.take(chunk)))
         return _in_request_order(order, answers)
+
+    def _encode_in_background(self) -> bool:
+        """Whether encoding in another thread overlaps the model: not for one request at a time on
+        the CPU, where the model's steps are as bound by the interpreter as the processor is (the
+        two threads only take turns; measured slower than encoding on the spot)."""
+        return self.batch_size > 1 or self.model.device.type != "cpu"
 
     def _encode_requests(self, chunk: Sequence[ChatRequest]):
         key = tuple(map(id, chunk))
@@ -285,7 +293,7 @@ class HFEngine(Engine):
 
         order, chunks = self._chunks(requests)
         ordered = [r for chunk in chunks for r in chunk]
-        with EncodeAhead(ordered, self._encode_requests) as ahead:
+        with EncodeAhead(ordered, self._encode_requests, self._encode_in_background()) as ahead:
             scores = self._in_batches(ordered, 1, lambda chunk: self._score_chunk(chunk, candidates, ahead))
         return _in_request_order(order, scores)
 
