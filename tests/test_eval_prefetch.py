@@ -29,10 +29,12 @@ class TextTask:
         self.built: list[list[str]] = []
         self.threads: set[str] = set()
         self.next_built = threading.Event()
+        self.engine_names: set[str] = set()
 
     def predict(self, engine, samples):
         self.built.append([s.id for s in samples])
         self.threads.add(threading.current_thread().name)
+        self.engine_names.add(getattr(engine, "__name__", type(engine).__name__))  # as tasks name it in errors
         if len(self.built) >= 2:
             self.next_built.set()
         requests = [ChatRequest(chat(None, TextPart(f"q-{s.id}"))) for s in samples]
@@ -68,6 +70,7 @@ def test_the_next_batch_is_built_while_the_engine_answers_the_current_one(tmp_pa
     assert task.threads.isdisjoint(engine.threads)
     assert [r.messages[-1].text for r in engine.calls] == [f"q-{i}" for i in range(7)]  # in order, once each
     assert task.built == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    assert task.engine_names == {"WaitingEngine"}
     plain = [{"id": s.id, "text": g.text} for s, g in
              zip(ITEMS, ScriptedEngine(varied=["a", "b", "c"]).generate(
                  [ChatRequest(chat(None, TextPart(f"q-{s.id}"))) for s in ITEMS]))]

@@ -42,6 +42,10 @@ class BatchEngine:
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
+    @property
+    def __name__(self) -> str:  # messages naming "the engine" name the engine, not this wrapper
+        return type(self._engine).__name__
+
     def generate(self, requests):
         return self._call("generate", requests)
 
