@@ -14,6 +14,7 @@ answers are checked to be identical before anything is timed.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,12 +75,16 @@ def main() -> None:
     def loop() -> list[str]:
         return per_image_loop(model, processor, [f.path for f in frames], args.max_new_tokens)
 
-    reference = loop()  # also the warm-up
-    answers = [r["raw"] for r in evaluation_loop()]
-    mismatches = sum(a != r for a, r in zip(answers, reference))
-    if mismatches:
-        print(f"# warning: {mismatches} of {len(frames)} answers differ from the loop's")
-    secs = interleaved({"loop": loop, "evaluation_loop": evaluation_loop, "sequential": sequential}, args.repeats)
+    try:
+        reference = loop()  # also the warm-up
+        answers = [r["raw"] for r in evaluation_loop()]
+        mismatches = sum(a != r for a, r in zip(answers, reference))
+        if mismatches:
+            print(f"# warning: {mismatches} of {len(frames)} answers differ from the loop's")
+        secs = interleaved({"loop": loop, "evaluation_loop": evaluation_loop, "sequential": sequential},
+                           args.repeats)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     rate = {k: len(frames) / v for k, v in secs.items()}
     print(header())
     print(f"# {len(frames)} frames, batch {args.batch_size}, up to {args.max_new_tokens} new tokens per answer")
