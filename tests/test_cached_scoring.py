@@ -88,3 +88,31 @@ def test_one_prompt_pass_per_batch_whatever_the_number_of_candidates(qwen):
     finally:
         handle.remove()
     assert len(passes) == 1  # the images went through the vision encoder once, not once per candidate
+
+
+def same_length_requests() -> list:
+    """Prompts of one length (same text, same image size, different images): no padding, so the batch's
+    shared start (system prompt, text before the image) runs once for the batch."""
+    from PIL import Image
+
+    from vlmexp.messages import ChatRequest, ImagePart, TextPart, chat
+
+    system = "You are an early-fire detection agent. Answer ONLY with a valid JSON matching this schema."
+    colours = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (240, 240, 240)]
+    return [ChatRequest(chat(system, ImagePart(Image.new("RGB", (160, 120), c)), TextPart(f"Is there smoke? {i}")))
+            for i, c in enumerate(colours)]
+
+
+@pytest.mark.parametrize("family", ["qwen", "llava"])
+def test_a_batch_sharing_its_prompt_start_scores_as_whole_texts(family, request):
+    from vlmexp.engines.prefix import shared_prefix_length
+
+    model, processor = request.getfixturevalue(family)
+    reqs, candidates = same_length_requests(), CANDIDATES[1]
+    engine = HFEngine(batch_size=4, model=model, processor=processor)
+    assert shared_prefix_length(model, engine._encode_requests(reqs)) >= 16
+    reference = torch.tensor(whole_text_scores(HFEngine(batch_size=1, model=model, processor=processor),
+                                               reqs, candidates))
+    assert reference.std() > 1.0
+    cached = torch.tensor(engine.score(reqs, candidates))
+    assert torch.allclose(cached, reference, atol=1e-4, rtol=0), cached - reference

@@ -51,3 +51,37 @@ def test_encode_ahead_gives_each_chunk_its_encoding_and_redoes_a_retried_one():
     assert encoded[0] == ["0", "1", "2"]
     rest = [e for e in encoded[1:] if e != ["3", "4", "5"]]
     assert rest == [["3"], ["4"], ["5"], ["6"]]
+
+
+def test_a_batch_sharing_its_prompt_start_generates_what_one_request_at_a_time_does(lively_model):  # noqa: F811
+    """Prompts of one length: their shared start (system prompt, text before the image) runs once for
+    the batch and ``generate`` continues from its cache; the answers are those of batch size 1."""
+    from tests.test_cached_scoring import same_length_requests
+    from vlmexp.engines.prefix import generation_cache, shared_prefix_length
+
+    model, processor = lively_model
+    reqs = same_length_requests() * 2
+    engine = HFEngine(batch_size=8, model=model, processor=processor)
+    inputs = engine._encode_requests(reqs)
+    assert shared_prefix_length(model, inputs) >= 16
+    assert generation_cache(engine.adapter, model, inputs).get_seq_length() == shared_prefix_length(model, inputs)
+    single = [g.text for g in HFEngine(batch_size=1, model=model, processor=processor).generate(reqs)]
+    assert len(set(single)) >= 3
+    assert [g.text for g in engine.generate(reqs)] == single
+
+
+def test_llava_generates_from_the_shared_start_as_without_it(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tests.test_cached_scoring import randomised, same_length_requests
+    from tests.tiny_llava import build_tiny_llava_checkpoint
+
+    folder = build_tiny_llava_checkpoint(str(tmp_path))
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.tokenizer.pad_token = processor.tokenizer.pad_token or processor.tokenizer.eos_token
+    model = randomised(AutoModelForImageTextToText.from_pretrained(folder))
+    reqs = same_length_requests()
+    single = [g.text for g in HFEngine(batch_size=1, max_new_tokens=8, model=model, processor=processor).generate(reqs)]
+    assert len(set(single)) >= 2
+    assert [g.text for g in HFEngine(batch_size=4, max_new_tokens=8, model=model,
+                                     processor=processor).generate(reqs)] == single

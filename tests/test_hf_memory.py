@@ -43,8 +43,9 @@ def test_generate_halves_the_batch_and_retries_the_same_requests(tiny):
     got = engine.generate(requests)
     engine.close()
     assert [g.text for g in got] == [g.text for g in expected]
-    # the first pass (5 rows) runs out of memory; the same 5 requests then go 2 + 2 + 1
-    assert engine.forward_rows[0] == 5 and sorted(set(engine.forward_rows[1:])) == [1, 2]
+    # after the one-row pass of the prompts' shared start, the first pass (5 rows) runs out of memory;
+    # the same 5 requests then go 2 + 2 + 1 (each batch of 2 after its own one-row shared start)
+    assert engine.forward_rows[:2] == [1, 5] and sorted(set(engine.forward_rows[2:])) == [1, 2]
     assert engine.batch_size == 2 and engine.preferred_batch_size() == 2
     assert engine.run_metrics()["oom_retries"] == 1.0
 
@@ -57,8 +58,9 @@ def test_score_halves_down_to_one_request(tiny):
     got = engine.score(requests, ["Positive", "Negative"])
     engine.close()
     assert got == [pytest.approx(row, abs=1e-4) for row in expected]
-    # the prompt pass of 3 requests fails; then per request its prompt, then each candidate (1 row each)
-    assert engine.forward_rows == [3] + [1, 1, 1] * 3
+    # the prompts' shared start (1 row), then the prompt pass of 3 requests fails; then per request its
+    # prompt, then each candidate (1 row each)
+    assert engine.forward_rows == [1, 3] + [1, 1, 1] * 3
     assert engine.run_metrics()["oom_retries"] == 1.0
 
 
@@ -72,7 +74,7 @@ def test_out_of_memory_at_batch_one_without_fallback_is_one_clear_error(tiny):
     assert "\n" not in message
     assert message.startswith("CUDA out of memory at batch size 1 (CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "which it does not replace" in message
-    assert engine.forward_rows == [2, 1]
+    assert engine.forward_rows == [1, 1]  # the 2 prompts' shared start (1 row), then one request
 
 
 class TagRecorder(NullTracker):
@@ -148,20 +150,23 @@ def test_prediction_loop_follows_an_engine_that_lowers_its_batch(tmp_path):
     from vlmexp.tasks.base import Splits, Task
 
     class Halving(ScriptedEngine):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.batches: list[int] = []
+
         def generate(self, requests):
+            self.batches.append(len(requests))
             self.batch_size = max(1, self.batch_size // 2)
             return super().generate(requests)
 
     class Echo(Task):
         def __init__(self):
             super().__init__("echo")
-            self.batches: list[int] = []
 
         def load_splits(self, run):
             return Splits(None, None, None)
 
         def predict(self, engine, samples):
-            self.batches.append(len(samples))
             engine.generate([ChatRequest(chat(None, TextPart(s.id))) for s in samples])
             return [{"id": s.id} for s in samples]
 
@@ -172,6 +177,11 @@ def test_prediction_loop_follows_an_engine_that_lowers_its_batch(tmp_path):
         def __init__(self, i):
             self.id = f"s{i}"
 
-    task, samples = Echo(), [Sample(i) for i in range(15)]
-    records = PredictionLoop().run(task, Halving(batch_size=8), samples, PredictionStore(tmp_path / "p.jsonl"))
-    assert task.batches == [8, 4, 2, 1] and [r["id"] for r in records] == [s.id for s in samples]
+    samples, engine = [Sample(i) for i in range(15)], Halving(batch_size=8)
+    store, sizes = PredictionStore(tmp_path / "p.jsonl"), []
+    real_append = store.append
+    store.append = lambda records: sizes.append(len(records)) or real_append(records)
+    records = PredictionLoop().run(Echo(), engine, samples, store)
+    # the next batch, built ahead at the old size, is cut again at the new one
+    assert engine.batches == [8, 4, 2, 1] and sizes == [8, 4, 2, 1]
+    assert [r["id"] for r in records] == [s.id for s in samples]

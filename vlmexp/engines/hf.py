@@ -9,7 +9,9 @@ fine-tuned model.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from vlmexp.engines.base import Engine
@@ -49,6 +51,10 @@ class HFEngine(Engine):
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._generate_seconds = 0.0
+        # the processor is not safe to call from two threads at once (its tokenizer's padding state)
+        self._encode_lock = threading.Lock()
+        self._prepared: deque[dict] = deque(maxlen=2)  # of prepare(): {request ids: (requests, inputs)}
+        self._candidate_cache: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
         self.adapter = adapter or model_adapter(self.model_cfg)
         self.supports_scoring = self.adapter.supports_scoring
         if model is None:
@@ -153,8 +159,27 @@ class HFEngine(Engine):
         return self.adapter.prompt_text(self.processor, request)
 
     def _encode(self, texts: list[str], requests: Sequence[ChatRequest], padding_side: str):
-        return self.adapter.encode(self.processor, requests, padding_side=padding_side, texts=texts).to(
-            self.model.device)
+        with self._encode_lock:
+            inputs = self.adapter.encode(self.processor, requests, padding_side=padding_side, texts=texts)
+        return inputs.to(self.model.device)
+
+    def _chunks(self, requests: Sequence[ChatRequest]) -> tuple[list[int], list[list[ChatRequest]]]:
+        """The order requests are run in (by prompt length: less padding), and the batches cut from it."""
+        from vlmexp.engines.pipeline import by_prompt_length
+
+        order = by_prompt_length(requests)
+        ordered = [requests[i] for i in order]
+        size = max(1, self.batch_size)
+        return order, [ordered[k:k + size] for k in range(0, len(ordered), size)]
+
+    def prepare(self, requests: Sequence[ChatRequest]) -> None:
+        """Encode ``requests`` now, in the calling thread, cut into the batches ``generate`` and
+        ``score`` will run; they take these inputs instead of encoding again. The evaluation loop
+        calls it for the next batch while the model answers the current one."""
+        if not self._encode_in_background():
+            return
+        _, chunks = self._chunks(requests)
+        self._prepared.append({tuple(map(id, chunk)): (chunk, self._encode_requests(chunk)) for chunk in chunks})
 
     # -- protocol -----------------------------------------------------------------------------
     def preferred_batch_size(self) -> int:
@@ -182,18 +207,26 @@ class HFEngine(Engine):
         """Answers in the order of ``requests``. They are batched by prompt length (less padding), and
         the next batch is encoded (processor: image resizing, tokenising) in a background thread while
         the model generates the current one."""
-        from vlmexp.engines.pipeline import EncodeAhead, by_prompt_length
+        from vlmexp.engines.pipeline import EncodeAhead
 
-        order = by_prompt_length(requests)
-        ordered = [requests[i] for i in order]
-        with EncodeAhead(ordered, self._encode_requests) as ahead:
+        order, chunks = self._chunks(requests)
+        ordered = [r for chunk in chunks for r in chunk]
+        with EncodeAhead(ordered, self._encode_requests, self._encode_in_background()) as ahead:
             answers = self._in_batches(ordered, 1, lambda chunk: self._generate_chunk(chunk, ahead.take(chunk)))
-        results: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
-        for position, index in enumerate(order):
-            results[index] = answers[position]
-        return results
+        return _in_request_order(order, answers)
+
+    def _encode_in_background(self) -> bool:
+        """Whether encoding in another thread overlaps the model: not for one request at a time on
+        the CPU, where the model's steps are as bound by the interpreter as the processor is (the
+        two threads only take turns; measured slower than encoding on the spot)."""
+        return self.batch_size > 1 or self.model.device.type != "cpu"
 
     def _encode_requests(self, chunk: Sequence[ChatRequest]):
+        key = tuple(map(id, chunk))
+        for prepared in list(self._prepared):
+            found = prepared.pop(key, None)  # the entry holds the requests: their ids are not reused
+            if found is not None and all(a is b for a, b in zip(found[0], chunk)):
+                return found[1]
         return self._encode([self._prompt_text(r) for r in chunk], chunk, padding_side="left")
 
     def _generate_chunk(self, chunk: list[ChatRequest], inputs=None) -> list[Generation]:
@@ -203,9 +236,15 @@ class HFEngine(Engine):
         max_new = max(r.max_new_tokens or self.max_new_tokens for r in chunk)
         began = time.perf_counter()
         with torch.inference_mode():
+            extra = {}
+            if self.adapter.generates_from_cache:  # the prompts' shared start run once (engines.prefix)
+                from vlmexp.engines.prefix import generation_cache
+
+                if (cache := generation_cache(self.adapter, self.model, inputs)) is not None:
+                    extra["cache"] = cache
             out = self.adapter.generate(self.model, inputs, max_new_tokens=max_new, do_sample=self.do_sample,
                                         temperature=self.temperature if self.do_sample else None,
-                                        top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id)
+                                        top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id, **extra)
         elapsed = time.perf_counter() - began
         prompt_len = inputs["input_ids"].shape[1]
         new_tokens = out[:, prompt_len:]
@@ -252,17 +291,19 @@ class HFEngine(Engine):
             return [[] for _ in requests]
         from vlmexp.engines.pipeline import EncodeAhead
 
-        with EncodeAhead(requests, self._encode_requests) as ahead:
-            return self._in_batches(requests, 1,
-                                    lambda chunk: self._score_chunk(chunk, candidates, ahead))
+        order, chunks = self._chunks(requests)
+        ordered = [r for chunk in chunks for r in chunk]
+        with EncodeAhead(ordered, self._encode_requests, self._encode_in_background()) as ahead:
+            scores = self._in_batches(ordered, 1, lambda chunk: self._score_chunk(chunk, candidates, ahead))
+        return _in_request_order(order, scores)
 
     def _score_chunk(self, chunk: list[ChatRequest], candidates: Sequence[str], ahead=None) -> list[list[float]]:
         import torch
 
-        from vlmexp.engines.scoring import candidate_token_ids, score_cached
+        from vlmexp.engines.scoring import score_cached
 
         prompts = [self._prompt_text(r) for r in chunk]
-        token_ids = candidate_token_ids(self.tokenizer, prompts, candidates, self.tokenizer.eos_token or "")
+        token_ids = self._candidate_ids(prompts, candidates)
         if token_ids is None:  # a candidate merges into the prompt's last token: score whole texts
             return self._score_chunk_whole(chunk, prompts, candidates)
         inputs = ahead.take(chunk) if ahead is not None else self._encode(prompts, chunk, "left")
@@ -271,6 +312,23 @@ class HFEngine(Engine):
             scores = score_cached(self.adapter, self.model, inputs, token_ids, self.tokenizer.pad_token_id)
         self._generate_seconds += time.perf_counter() - began
         return scores
+
+    def _candidate_ids(self, prompts: list[str], candidates: Sequence[str]) -> list[list[list[int]]] | None:
+        """:func:`~vlmexp.engines.scoring.candidate_token_ids`, tokenising each distinct prompt once
+        per candidate set (a task's prompts mostly differ only in their images, not their text)."""
+        from vlmexp.engines.scoring import candidate_token_ids
+
+        key = tuple(candidates)
+        missing = [p for p in dict.fromkeys(prompts) if (p, key) not in self._candidate_cache]
+        if missing:
+            with self._encode_lock:
+                found = candidate_token_ids(self.tokenizer, missing, candidates, self.tokenizer.eos_token or "")
+            if found is None:
+                return None
+            if len(self._candidate_cache) > 4096:
+                self._candidate_cache.clear()
+            self._candidate_cache.update({(p, key): ids for p, ids in zip(missing, found)})
+        return [self._candidate_cache[(p, key)] for p in prompts]
 
     def _score_chunk_whole(self, chunk: list[ChatRequest], prompts: list[str],
                            candidates: Sequence[str]) -> list[list[float]]:
@@ -309,6 +367,14 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None
+
+
+def _in_request_order(order: list[int], results: list) -> list:
+    """``results`` of the requests taken in ``order``, back in the requests' own order."""
+    out: list = [None] * len(results)
+    for position, index in enumerate(order):
+        out[index] = results[position]
+    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,9 +33,11 @@ class EncodeAhead:
     in ``requests`` (as many again) in a background thread, for the next ``take``. A chunk that is
     not the one encoded ahead (after an out-of-memory halving) is encoded on the spot."""
 
-    def __init__(self, requests: Sequence[ChatRequest], encode: Callable[[Sequence[ChatRequest]], object]):
+    def __init__(self, requests: Sequence[ChatRequest], encode: Callable[[Sequence[ChatRequest]], object],
+                 background: bool = True):
         self.requests = list(requests)
         self.encode = encode
+        self.background = background  # False: every chunk is encoded on the spot, no thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmexp-encode")
         self._ahead: tuple[int, int, Future] | None = None  # (start, size, future)
         self._start = 0
@@ -61,7 +63,7 @@ class EncodeAhead:
         if inputs is None:
             inputs = self.encode(chunk)
         following = self.requests[start + len(chunk):start + 2 * len(chunk)]
-        if following:
+        if following and self.background:
             self._ahead = (start + len(chunk), len(following), self._pool.submit(self.encode, following))
         return inputs
 

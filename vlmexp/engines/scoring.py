@@ -1,6 +1,7 @@
 """Candidate scoring from one forward pass per prompt.
 
-Each prompt (image included) goes through the model once, with its key/value cache kept; then only
+Each prompt (image included) goes through the model once, with its key/value cache kept (the start
+all prompts of a batch share once for the batch: :mod:`vlmexp.engines.prefix`); then only
 the candidates' own tokens go through the model on that cache, one candidate for all prompts of the
 batch at a time. The first token of every candidate is read from the prompt's next-token
 distribution, so a one-token candidate (plus its end token) costs a single extra position.
@@ -58,10 +59,12 @@ def score_cached(adapter, model, inputs, token_ids: list[list[list[int]]], pad_t
     import torch
 
     n_cands = len(token_ids[0])
-    prefill = adapter.forward(model, {**inputs, "use_cache": True, "logits_to_keep": 1})
-    first = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
+    from vlmexp.engines.prefix import output_cache, prefill
+
+    prompts = prefill(adapter, model, inputs)
+    first = torch.log_softmax(prompts.logits[:, -1].float(), dim=-1)
     scores = torch.tensor([[float(first[i, row[j][0]]) for j in range(n_cands)] for i, row in enumerate(token_ids)])
-    cache = prefill.cache if hasattr(prefill, "cache") else prefill.past_key_values
+    cache = output_cache(prompts)
     prompt_len, device = cache.get_seq_length(), inputs["input_ids"].device
     for j in range(n_cands):
         column = [row[j] for row in token_ids]

@@ -40,6 +40,9 @@ class ModelAdapter(ABC):
 
     #: Whether :meth:`forward` gives logits aligned with ``encode``'s ``input_ids`` (candidate scoring).
     supports_scoring: bool = True
+    #: Whether :meth:`generate` takes a prefilled ``cache`` of the prompts' shared start (transformers'
+    #: ``generate`` does; see :mod:`vlmexp.engines.prefix`).
+    generates_from_cache: bool = False
 
     def check_trainable(self, model_cfg) -> None:
         """Raise ConfigError, in one line, when supervised fine-tuning cannot drive this model."""

@@ -101,6 +101,8 @@ class TransformersAdapter(ModelAdapter):
     """``vision`` / ``projector`` / ``language``: the attribute names transformers' VLM classes give
     those parts; the first submodule whose own name is in the list is the part."""
 
+    generates_from_cache = True
+
     def __init__(self, vision: Sequence[str] = ("visual", "vision_tower", "vision_model", "vision_encoder"),
                  projector: Sequence[str] = ("multi_modal_projector", "mm_projector", "merger"),
                  language: Sequence[str] = ("language_model", "text_model")):
