@@ -33,7 +33,8 @@ def cli_run(tmp_path_factory):
 def test_metrics_are_namespaced_by_phase(cli_run):
     *_, client, run = cli_run
     metrics = run.data.metrics
-    assert all(k.split("/", 1)[0] in ("train", "val", "test", "perf", "data", "system") for k in metrics), sorted(metrics)
+    namespaces = ("train", "val", "test", "perf", "data", "system")
+    assert all(k.split("/", 1)[0] in namespaces for k in metrics), sorted(metrics)
     assert {"train/loss", "train/lr", "val/loss", "val/best_epoch", "test/f1", "test/f1_ci_low", "test/f1_ci_high",
             "test/accuracy", "test/parse_success_rate", "perf/latency_p50_s", "perf/throughput_samples_per_s",
             "perf/eval_wall_s", "perf/oom_retries", "perf/engine_errors", "data/num_samples",
