@@ -84,8 +84,8 @@ def test_annotate_labelled_shapes_gives_exact_qa_and_a_registered_dataset(tmp_pa
         f"boxes_{label}": float(n) for label, n in boxes.items()}
     assert metrics["data/qa_pairs"] == sum(len(e["qa"]) for e in entries.values())
     assert (metrics["data/train_images"], metrics["data/val_images"], metrics["data/test_images"]) == (8, 1, 1)
-    (dataset_input,) = found.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "annotate-shapes"
+    produced = [d for d in found.inputs.dataset_inputs if d.dataset.name == "annotate-shapes"]
+    (dataset_input,) = produced  # the export, besides the images read (a dataset per split)
     assert json.loads(dataset_input.dataset.profile)["images"] == 10
     client = mlflow.MlflowClient()
     assert {a.path for a in client.list_artifacts(found.info.run_id)} >= {"gallery.png", "dataset"}
