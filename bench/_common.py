@@ -98,3 +98,16 @@ def interleaved(paths: dict[str, Callable[[], object]], repeats: int) -> dict[st
             paths[name]()
             times[name].append(time.perf_counter() - began)
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def generate_one(model, processor, request, max_new_tokens: int) -> str:
+    """The seed-000-style baseline for one request: the processor and ``generate`` on it alone."""
+    import torch
+
+    from vlmexp.models.adapters.transformers import to_chat_template
+
+    text = processor.apply_chat_template(to_chat_template(request), add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=list(request.images), return_tensors="pt").to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()

@@ -18,27 +18,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _common import SYSTEM, USER, bench_arguments, header, interleaved, load, parse
+from _common import SYSTEM, USER, bench_arguments, generate_one, header, interleaved, load, parse
 
 
 def per_image_loop(model, processor, paths, max_new_tokens: int) -> list[str]:
-    import torch
-
     from vlmexp.data.images import open_image
-    from vlmexp.models.adapters.transformers import to_chat_template
     from vlmexp.tasks.smoke import SmokeTask
 
     task = SmokeTask(system_prompt=SYSTEM, user_prompt=USER, max_new_tokens=max_new_tokens)
-    answers = []
-    for path in paths:
-        request = task.request(open_image(path))
-        text = processor.apply_chat_template(to_chat_template(request), add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=list(request.images), return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.append(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                              skip_special_tokens=True)[0].strip())
-    return answers
+    return [generate_one(model, processor, task.request(open_image(path)), max_new_tokens) for path in paths]
 
 
 def main() -> None:

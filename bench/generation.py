@@ -13,23 +13,11 @@ from __future__ import annotations
 import json
 import tempfile
 
-from _common import bench_arguments, header, interleaved, load, parse, smoke_images, smoke_request
+from _common import bench_arguments, generate_one, header, interleaved, load, parse, smoke_images, smoke_request
 
 
 def per_image_loop(model, processor, requests, max_new_tokens: int) -> list[str]:
-    import torch
-
-    from vlmexp.models.adapters.transformers import to_chat_template
-
-    answers = []
-    for request in requests:
-        text = processor.apply_chat_template(to_chat_template(request), add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=list(request.images), return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.append(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                              skip_special_tokens=True)[0].strip())
-    return answers
+    return [generate_one(model, processor, request, max_new_tokens) for request in requests]
 
 
 def main() -> None:
