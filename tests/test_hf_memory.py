@@ -125,7 +125,7 @@ def test_sentiment_run_falls_back_at_batch_one_and_records_it(tmp_path, cache_di
                           "engine._target_=tests.capped_engines.MemoryCappedHFEngine", "+engine.max_rows=0",
                           "+engine.capped_model=tiny_big"])
     metrics = run(cfg, output_dir=tmp_path / "out")
-    assert metrics["num_videos"] == 3.0 and metrics["oom_retries"] == 2.0  # one halving, one switch
+    assert metrics["num_samples"] == 3.0 and metrics["oom_retries"] == 2.0  # one halving, one switch
     (logged,) = mlflow.search_runs(experiment_names=["sentiment"], output_format="list")
     assert logged.data.tags["vlmexp.model_fallback"] == "tiny_big -> tiny"
     assert logged.data.tags["vlmexp.model_fallback_after_requests"] == "0"

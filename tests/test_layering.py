@@ -15,7 +15,7 @@ LAYERS = [
     {"config"},
     {"data", "evaluation", "models", "tracking", "detectors", "annotation"},
     {"engines", "tasks", "trainers", "summary"},
-    {"runner", "compare", "report", "api", "sweeps"},
+    {"runner", "compare", "report", "api", "mlflow_model", "sweeps"},
     {"cli", "__main__"},
 ]
 

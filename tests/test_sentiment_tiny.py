@@ -76,7 +76,7 @@ def test_sentiment_with_tiny_model(golden, cache_dir, tiny_checkpoint, tmp_path,
                           "task.num_frames=4", "task.frame_size=56", "task.max_new_tokens=4", "data.limit=3"])
     out = tmp_path / "out"
     metrics = run(cfg, output_dir=out)
-    assert (metrics["num_videos"], metrics["skipped_videos"]) == (2.0, 1.0)  # v1, v2; missing.mp4 skipped
+    assert (metrics["num_samples"], metrics["skipped_unreadable_videos"]) == (2.0, 1.0)  # v1, v2; missing.mp4 skipped
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     evaluated = [r for r in records if not r.get("skipped")]
     assert [r["id"] for r in evaluated] == ["v1.mp4", "v2.avi"]

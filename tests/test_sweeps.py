@@ -60,11 +60,11 @@ def assert_summary(client, parent, children, swept: list[str], metric: str, jobs
     assert parent.info.run_name.startswith("sweep smoke tiny hf: ")
     assert set(swept) <= set(parent.data.params)
     best = max(children, key=lambda c: c.data.metrics[metric])
-    assert parent.data.metrics[f"best_{metric}"] == best.data.metrics[metric]
+    assert parent.data.metrics["sweep/best"] == best.data.metrics[metric]
     tied_metrics = [c.data.metrics for c in children if c.data.metrics[metric] == best.data.metrics[metric]]
     own = {k: v for k, v in parent.data.metrics.items() if k in best.data.metrics and not k.startswith("system/")}
     assert own and any(own == {k: m[k] for k in own} for m in tied_metrics)  # the best job's metrics
-    assert parent.data.metrics["jobs"] == jobs == parent.data.metrics["jobs_finished"]
+    assert parent.data.metrics["sweep/jobs"] == jobs == parent.data.metrics["sweep/jobs_finished"]
     assert parent.data.params["sweep_metric"] == metric
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.md", *(f"sweep_{k}.png" for k in swept)} <= artifacts
@@ -101,7 +101,7 @@ def test_optuna_study_is_the_parent_with_the_best_trial(tmp_path, cache_dir, tin
                 cache_dir)
     client, parent, children = parent_and_children()
     assert_summary(client, parent, children, ["train.lr", "train.lora.r"], "test/early_fire_score", jobs=3)
-    assert f"Best value: {parent.data.metrics['best_test/early_fire_score']}" in out
+    assert f"Best value: {parent.data.metrics['sweep/best']}" in out
     assert parent.data.params["sweep_direction"] == "maximize"
 
 
@@ -116,7 +116,7 @@ def test_a_failed_job_stops_the_sweep_and_the_parent_ends_failed_with_the_summar
     client, parent, children = parent_and_children()
     assert parent.info.status == "FAILED"
     assert [c.info.status for c in children] == ["FINISHED"]
-    assert parent.data.metrics["jobs"] == 1 and "best_test/accuracy" in parent.data.metrics
+    assert parent.data.metrics["sweep/jobs"] == 1 and "sweep/best" in parent.data.metrics
     assert "sweep_summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

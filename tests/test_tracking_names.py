@@ -188,7 +188,7 @@ def test_the_sweep_summary_reads_the_metric_by_any_of_its_names(tmp_path):
     summary = summarise(client, parent, tmp_path, "f1", "maximize")
     assert summary["metric"] == "test/f1" and summary["swept"] == ["train.lr"]
     best = client.get_run(parent).data
-    assert best.metrics["best_test/f1"] == 0.75 and best.params["best_train.lr"] == "0.003"
+    assert best.metrics["sweep/best"] == 0.75 and best.params["best_train.lr"] == "0.003"
 
 
 def test_a_sweep_ranks_by_a_short_or_logged_name(compose_cfg):

@@ -61,8 +61,8 @@ def write_jsonl(path: Path, lines: list) -> Path:
 class InterruptingTracker(MlflowTracker):
     """The MLflow tracker, but Ctrl-C is 'pressed' when ``metric`` is logged at ``step``."""
 
-    def __init__(self, metric: str, step: int, tracking_uri: str | None = None, experiment: str = "vlmexp"):
-        super().__init__(tracking_uri, experiment)
+    def __init__(self, metric: str, step: int, **settings):
+        super().__init__(**settings)
         self.metric, self.step = metric, step
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

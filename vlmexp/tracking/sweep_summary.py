@@ -1,6 +1,6 @@
 """The summary a sweep's MLflow parent run holds once its last job ended: a table of the jobs (their
 overrides and metrics), the best job (its overrides as ``best_<key>`` params, its metric as
-``best_<metric>``, and all its metrics under their own names) and, for each swept key, a plot of the
+``sweep/best``, and all its metrics under their own names) and, for each swept key, a plot of the
 main metric against the key's values.
 """
 
@@ -87,10 +87,10 @@ def _metrics(best, metric: str | None, jobs: list[dict]) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    values = [Metric("jobs", float(len(jobs)), now, 0),
-              Metric("jobs_finished", float(sum(j["status"] == "FINISHED" for j in jobs)), now, 0)]
+    values = [Metric("sweep/jobs", float(len(jobs)), now, 0),
+              Metric("sweep/jobs_finished", float(sum(j["status"] == "FINISHED" for j in jobs)), now, 0)]
     if best:
-        values.append(Metric(f"best_{metric}", best["metrics"][metric], now, 0))
+        values.append(Metric("sweep/best", best["metrics"][metric], now, 0))  # of sweep_metric
         # the best job's own metrics under their own names: the parent sorts and compares with its jobs
         values += [Metric(k, v, now, 0) for k, v in best["metrics"].items() if not k.startswith("system/")]
     return values
