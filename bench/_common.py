@@ -6,6 +6,7 @@ repetition, so load from other processes on a shared machine hits both alike; ra
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -111,3 +112,16 @@ def generate_one(model, processor, request, max_new_tokens: int) -> str:
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+
+
+def print_rates(rate: dict[str, float], note: str, extra: dict[str, float] | None = None) -> None:
+    """Each path's images/s and its ratio to ``rate['loop']``, then one JSON line: every rate, every
+    ``<path>_vs_loop`` ratio and ``extra``."""
+    print(header())
+    print(note)
+    width = max(len(k) for k in rate)
+    for name, value in rate.items():
+        print(f"{name:>{width}}: {value:8.1f} images/s  ({value / rate['loop']:.2f}x the loop)")
+    print(json.dumps({**{f"{k}_images_s": round(v, 1) for k, v in rate.items()},
+                      **{f"{k}_vs_loop": round(v / rate["loop"], 2) for k, v in rate.items() if k != "loop"},
+                      **(extra or {})}))

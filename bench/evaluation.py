@@ -13,12 +13,11 @@ answers are checked to be identical before anything is timed.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from _common import SYSTEM, USER, bench_arguments, generate_one, header, interleaved, load, parse
+from _common import SYSTEM, USER, bench_arguments, generate_one, interleaved, load, parse, print_rates
 
 
 def per_image_loop(model, processor, paths, max_new_tokens: int) -> list[str]:
@@ -74,14 +73,8 @@ def main() -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     rate = {k: len(frames) / v for k, v in secs.items()}
-    print(header())
-    print(f"# {len(frames)} frames, batch {args.batch_size}, up to {args.max_new_tokens} new tokens per answer")
-    for name, value in rate.items():
-        print(f"{name:>16}: {value:8.1f} images/s  ({value / rate['loop']:.2f}x the loop)")
-    print(json.dumps({**{f"{k}_images_s": round(v, 1) for k, v in rate.items()},
-                      "evaluation_loop_vs_loop": round(rate["evaluation_loop"] / rate["loop"], 2),
-                      "evaluation_loop_vs_sequential": round(rate["evaluation_loop"] / rate["sequential"], 2)}))
-
+    note = f"# {len(frames)} frames, batch {args.batch_size}, up to {args.max_new_tokens} new tokens per answer"
+    print_rates(rate, note, {"evaluation_loop_vs_sequential": round(rate["evaluation_loop"] / rate["sequential"], 2)})
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,9 @@ be identical before anything is timed. Targets: batch 16 >= 8x the loop, batch 1
 
 from __future__ import annotations
 
-import json
 import tempfile
 
-from _common import bench_arguments, generate_one, header, interleaved, load, parse, smoke_images, smoke_request
+from _common import bench_arguments, generate_one, interleaved, load, parse, print_rates, smoke_images, smoke_request
 
 
 def per_image_loop(model, processor, requests, max_new_tokens: int) -> list[str]:
@@ -45,13 +44,7 @@ def main() -> None:
     paths.update({f"batch_{b}": (lambda e=e: e.generate(requests)) for b, e in engines.items()})
     secs = interleaved(paths, args.repeats)
     rate = {k: len(requests) / v for k, v in secs.items()}
-    print(header())
-    print(f"# {len(requests)} images, up to {args.max_new_tokens} new tokens per answer")
-    for name, value in rate.items():
-        print(f"{name:>10}: {value:8.1f} images/s  ({value / rate['loop']:.2f}x the loop)")
-    print(json.dumps({**{f"{k}_images_s": round(v, 1) for k, v in rate.items()},
-                      **{f"{k}_vs_loop": round(v / rate["loop"], 2) for k, v in rate.items() if k != "loop"}}))
-
+    print_rates(rate, f"# {len(requests)} images, up to {args.max_new_tokens} new tokens per answer")
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,8 @@ class Task(ABC):
     #: ``task.<key>`` entries applied only to the stored predictions (metrics, exports): left out of the run's
     #: fingerprint, so changing them reuses the predictions.
     derived_keys: tuple[str, ...] = ()
+    #: The prediction record's field holding the sample's image file (galleries, comparisons); None: no image.
+    image_field: str | None = None
 
     @classmethod
     def inert_keys(cls, task_cfg: dict) -> tuple[str, ...]:
@@ -109,5 +111,13 @@ class Task(ABC):
         return None
 
     def record_image(self, record: dict):
-        """The image of a record as the model saw it (a PIL image), for galleries; None without one."""
-        return None
+        """The image of a record as the model saw it (a PIL image), for galleries; None without one
+        (or when it can no longer be read)."""
+        from vlmexp.data.images import UnreadableImage, open_image
+
+        if not self.image_field or not record.get(self.image_field):
+            return None
+        try:
+            return open_image(record[self.image_field])
+        except UnreadableImage:
+            return None

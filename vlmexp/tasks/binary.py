@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class BinaryTask(Task):
+    image_field = "image_path"
     main_metric = "accuracy"
     path_keys = ("train_file", "val_file", "test_file")
 
@@ -175,12 +176,6 @@ class BinaryTask(Task):
             return None
         names = self.class_names
         return Verdict(names[record["pred"]], names[record["truth"]], record["pred"] == record["truth"])
-
-    def record_image(self, record: dict):
-        try:
-            return open_image(record["image_path"]) if record.get("image_path") else None
-        except UnreadableImage:
-            return None
 
     def resamplings(self, records: list[dict]) -> list:
         """accuracy, f1 and roc_auc (where both classes are present), resampled by sample."""

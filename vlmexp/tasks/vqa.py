@@ -30,6 +30,7 @@ _EXACT_MATCH_KEYS = {"val": "exact_match", "test": "test_exact_match"}
 
 
 class VQATask(Task):
+    image_field = "image"
     main_metric = "exact_match"
     sample_unit = "questions"
     path_keys = ("train_file", "val_file", "test_file", "image_dir", "root")
@@ -127,12 +128,6 @@ class VQATask(Task):
             return None
         return Verdict(record["prediction"].strip(), record["answer"],
                        is_exact_match(record["prediction"], record["answer"]))
-
-    def record_image(self, record: dict):
-        try:
-            return open_image(record["image"]) if record.get("image") else None
-        except UnreadableImage:
-            return None
 
     def resamplings(self, records: list[dict]) -> list:
         """Exact match of each split, resampled by question."""
