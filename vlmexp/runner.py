@@ -212,9 +212,7 @@ def main_metric(cfg: DictConfig, metrics: dict[str, float], task=None) -> str | 
 def _log_run_inputs(ctx: RunContext, task, splits, overrides: list[str] | None, inputs: dict) -> None:
     cfg, tracker = ctx.cfg, ctx.tracker
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    task_cls = get_class(cfg.task._target_)
-    inert = tuple(task_cls.inert_keys(resolved["task"])) if hasattr(task_cls, "inert_keys") else ()
-    tracker.log_params(readable_params(resolved, _hydra_choices(), inert))
+    tracker.log_params(readable_params(resolved, _hydra_choices(), tuple(task.inert_keys(resolved["task"]))))
     tracker.set_experiment_description(cfg.task.get("description") or "")
     log_splits(tracker, cfg, task, splits, inputs["data_fingerprint"])
     tags = {"vlmexp.overrides": " ".join(overrides or []),
