@@ -60,15 +60,19 @@ def model_cfg(min_pixels: int = 3136, max_pixels: int = 12544):
 
 
 def load(checkpoint: str | None, cache_dir: str, device: str = "cpu", dtype: str = "float32"):
-    """(checkpoint folder, model, processor): ``checkpoint`` or the tiny model built in ``cache_dir``."""
+    """(checkpoint folder, model, processor): ``checkpoint`` or the tiny model built in ``cache_dir``,
+    with its patch embedding switched to a matrix product as vlmexp's adapter loads it (the baselines
+    run the same model object)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from vlmexp.models.loading import load_processor
+    from vlmexp.models.patch_projection import project_patches_by_matmul
     from vlmexp.models.tiny import build_tiny_checkpoint
 
     folder = checkpoint or build_tiny_checkpoint(cache_dir)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=getattr(torch, dtype)).to(device).eval()
+    project_patches_by_matmul(model)
     return folder, model, load_processor(folder, model_cfg())
 
 

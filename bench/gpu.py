@@ -6,8 +6,10 @@
 For each attention kernel (sdpa, and flash_attention_2 when flash-attn is installed) the model is
 loaded once in --dtype; for each batch size ``HFEngine.generate`` answers the smoke prompt for
 --images frames of the generated smoke set (resized to --image-size) and, with --score, scores two
-candidates for them. Prints ONE JSON line: images/s, generated tokens/s and peak GPU memory per
-(kernel, batch size), with the versions and the device.
+candidates for them. The patch embedding runs as a matrix product, as vlmexp loads the model
+(``--patch-embedding conv`` keeps the checkpoint's convolution, for comparison). Prints ONE JSON
+line: images/s, generated tokens/s and peak GPU memory per (kernel, batch size), with the versions
+and the device.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def main() -> None:
     parser.add_argument("--min-pixels", type=int, default=200704)
     parser.add_argument("--max-pixels", type=int, default=1003520)
     parser.add_argument("--score", action="store_true", help="also time scoring two candidates")
+    parser.add_argument("--patch-embedding", choices=("matmul", "conv"), default="matmul",
+                        help="matmul: as vlmexp loads the model (vlmexp.models.patch_projection); "
+                             "conv: the checkpoint's Conv3d as transformers runs it")
     parser.add_argument("--cache-dir", default=None, help="where the smoke frames are generated")
     args = parser.parse_args()
 
@@ -81,6 +86,7 @@ def main() -> None:
 
     from vlmexp.engines.hf import HFEngine
     from vlmexp.models.loading import load_processor
+    from vlmexp.models.patch_projection import project_patches_by_matmul
 
     width, height = (int(v) for v in args.image_size.lower().split("x"))
     cache = args.cache_dir or tempfile.mkdtemp(prefix="vlmexp-bench-")
@@ -91,6 +97,8 @@ def main() -> None:
     for attn in kernels(args.attn):
         model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
                                                             attn_implementation=attn).to(args.device).eval()
+        if args.patch_embedding == "matmul":
+            project_patches_by_matmul(model)
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             engine = HFEngine(batch_size=batch_size, max_new_tokens=args.max_new_tokens, model=model,
                               processor=processor)
@@ -104,7 +112,8 @@ def main() -> None:
             torch.cuda.empty_cache()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU"
     print(json.dumps({"model": args.model, "device": device, "dtype": args.dtype, "images": len(requests),
-                      "image_size": args.image_size, "max_new_tokens": args.max_new_tokens,
+                      "image_size": args.image_size, "patch_embedding": args.patch_embedding,
+                      "max_new_tokens": args.max_new_tokens,
                       "torch": version("torch"), "transformers": version("transformers"), "results": results}))
 
 

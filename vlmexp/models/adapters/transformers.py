@@ -126,6 +126,8 @@ class TransformersAdapter(ModelAdapter):
     def load_model(self, checkpoint: str, model_cfg, placement, *, for_training: bool = False):
         from transformers import AutoModelForImageTextToText
 
+        from vlmexp.models.patch_projection import project_patches_by_matmul
+
         kwargs = dict(dtype=placement.torch_dtype(), attn_implementation=placement.attn_implementation,
                       trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.get("revision"))
         if placement.quantization:
@@ -139,6 +141,7 @@ class TransformersAdapter(ModelAdapter):
             # one process: spread large models over the visible GPUs; several: each on its own GPU
             kwargs["device_map"] = {"": local_rank()} if world_size() > 1 else "auto"
         model = from_pretrained(AutoModelForImageTextToText, checkpoint, model_cfg, **kwargs)
+        project_patches_by_matmul(model)
         if "device_map" not in kwargs and not for_training:
             model.to(placement.device)
         model.eval()
