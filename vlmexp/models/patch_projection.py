@@ -6,9 +6,10 @@ filter, i.e. a linear layer. PyTorch's convolution kernels handle that shape bad
 some GPU/dtype pairs cuDNN paths orders of magnitude slower than a GEMM); on the CPU the tiny model's
 batch of 16 images took 4.1 ms as a convolution and 1.3 ms as a matrix product.
 
-The convolution module keeps its class, weights and state-dict keys (checkpoints, LoRA and
-``save_pretrained`` see nothing new); only its ``forward`` takes the matrix-product path, and only for
-inputs that are exactly one kernel in size.
+The module becomes a :class:`PatchConv3d`, a ``Conv3d`` subclass with the same weights and state-dict
+keys (checkpoints, LoRA and ``save_pretrained`` see nothing new); only its ``forward`` differs, taking
+the matrix-product path for inputs exactly one kernel in size. A module that accelerate has already
+hooked (``device_map`` dispatch) keeps calling the convolution's own ``forward``: same result.
 """
 
 from __future__ import annotations
