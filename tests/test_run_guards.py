@@ -3,6 +3,7 @@ lock naming its PID), a server that is down, an unwritable cache dir, too little
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,29 @@ def test_the_lock_is_per_open_file_and_released(tmp_path):
         RunLock(tmp_path).acquire()
     first.release()
     RunLock(tmp_path).acquire().release()
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_its_killed_parent(tmp_path):
+    """A DataLoader worker is a forked child; when the run is killed, the lock must go with the run."""
+    lock = RunLock(tmp_path).acquire()
+    read, write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child waits until told to go, as a worker does until it notices its parent died
+        os.close(write)
+        os.write(ready_write, b"1")
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    os.read(ready_read, 1)  # the child is running
+    try:
+        os.close(lock._fd)  # what the kernel does when the parent dies: its descriptor closes, no unlock
+        RunLock(tmp_path).acquire().release()  # free although the child lives
+    finally:
+        os.close(write)
+        os.waitpid(child, 0)
+        os.close(ready_read)
+        os.close(ready_write)
 
 
 def test_ollama_down_stops_before_any_tracking_run(cache_dir, tmp_path):

@@ -1,4 +1,8 @@
-"""One run at a time per work dir: an exclusive ``flock`` on ``<work_dir>/run.lock`` holding the PID."""
+"""One run at a time per work dir: an exclusive ``flock`` on ``<work_dir>/run.lock`` holding the PID.
+
+A forked child (a DataLoader worker) would share the lock with its parent and hold it after the
+parent is killed, until it notices (seconds later); so forked children close their copy at once.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,18 @@ from pathlib import Path
 from vlmexp.errors import RunLocked
 
 LOCK_FILE = "run.lock"
+_held: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    """Close the held locks' descriptors in a forked child (without unlocking: the parent keeps them)."""
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLock:
@@ -33,11 +49,13 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _held.add(fd)
         return self
 
     def release(self) -> None:
         """The file stays (removing it would let a third process lock a new file while a second waits)."""
         if self._fd is not None:
+            _held.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
