@@ -1,13 +1,17 @@
 """vlmexp's SFT trainer vs transformers' ``Trainer`` on the quickstart's examples (tiny model, smoke set).
 
     python bench/training.py                 # 12 steps of batch 8, three rounds each, alternating
+    python bench/training.py --baseline-workers 1   # the baseline with a DataLoader worker too
 
 Both train the same model prepared the same way (vlmexp's freezing of the quickstart config), on the
 same training examples with the same batch size, optimiser (AdamW, cosine schedule, warm-up, grad
 clipping) and answer-only labels. The baseline builds each batch with one processor call over the
-batch (the usual collator of Qwen2.5-VL fine-tuning scripts). Throughput is measured from the start
-of the first step to the start of the last, so model loading, validation and saving are outside it.
-Target: vlmexp >= 1.0x the baseline.
+batch (the usual collator of Qwen2.5-VL fine-tuning scripts). vlmexp builds its batches in
+``train.num_workers`` worker processes (``--workers``; by default one where a core is left for it,
+as with the benchmarks' one torch thread on two cores); the baseline in ``--baseline-workers``
+(default 0, ``TrainingArguments``' default). Throughput is measured from the
+start of the first step to the start of the last, so model loading, validation and saving are
+outside it. Target: vlmexp >= 1.0x the baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from _common import bench_arguments, header, parse
 
 
-def compose(cache: str, steps: int, batch_size: int):
+def compose(cache: str, steps: int, batch_size: int, workers: int | None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -34,7 +38,8 @@ def compose(cache: str, steps: int, batch_size: int):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=[
             f"paths.cache_dir={cache}", "logger=none", "hardware=cpu", "mode=train", "train.epochs=1",
-            f"train.max_steps={steps}", f"train.batch_size={batch_size}"])
+            f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+            *([f"train.num_workers={workers}"] if workers is not None else [])])
 
 
 def run_context(cfg, work: Path):
@@ -72,7 +77,7 @@ def vlmexp_rate(cfg, task, splits, work: Path) -> float:
     return rate(trainer.stamps, cfg.train.batch_size)
 
 
-def baseline_rate(cfg, task, splits, work: Path) -> float:
+def baseline_rate(cfg, task, splits, work: Path, workers: int) -> float:
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -116,7 +121,7 @@ def baseline_rate(cfg, task, splits, work: Path) -> float:
                              max_steps=train.max_steps, learning_rate=train.lr, weight_decay=train.weight_decay,
                              warmup_steps=int(train.warmup_ratio * train.max_steps), lr_scheduler_type="cosine",
                              max_grad_norm=train.max_grad_norm, optim="adamw_torch", save_strategy="no",
-                             report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                             report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=workers,
                              remove_unused_columns=False, seed=cfg.seed, disable_tqdm=True)
     TimedTrainer(model=model, args=args, train_dataset=Examples(), data_collator=collate).train()
     return rate(stamps, train.batch_size)
@@ -131,11 +136,17 @@ def main() -> None:
     parser = bench_arguments(__doc__, model=False)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="vlmexp's train.num_workers (default: null, one where a core is left for it)")
+    parser.add_argument("--baseline-workers", type=int, default=0, help="the baseline's dataloader_num_workers")
     args = parse(parser)
     from hydra.utils import instantiate
 
+    from vlmexp.trainers.batches import worker_count
+
     cache = args.cache_dir or tempfile.mkdtemp(prefix="vlmexp-bench-")
-    cfg = compose(cache, args.steps, args.batch_size)
+    cfg = compose(cache, args.steps, args.batch_size, args.workers)
+    workers = worker_count(cfg.train.num_workers, "cpu")
     task = instantiate(cfg.task, _recursive_=False)
     splits = task.load_splits(run_context(cfg, Path(tempfile.mkdtemp(prefix="vlmexp-bench-"))))
     rates: dict[str, list[float]] = {"vlmexp": [], "transformers_trainer": []}
@@ -143,17 +154,19 @@ def main() -> None:
         order = list(rates) if r % 2 == 0 else list(reversed(rates))
         for name in order:
             work = Path(tempfile.mkdtemp(prefix="vlmexp-bench-"))
-            run = vlmexp_rate if name == "vlmexp" else baseline_rate
-            rates[name].append(run(cfg, task, splits, work))
+            rates[name].append(vlmexp_rate(cfg, task, splits, work) if name == "vlmexp"
+                               else baseline_rate(cfg, task, splits, work, args.baseline_workers))
     median = {k: statistics.median(v) for k, v in rates.items()}
     print(header())
     print(f"# {len(task.training_examples(splits.train))} training examples, {args.steps} steps of batch "
-          f"{args.batch_size}, {args.repeats} rounds")
+          f"{args.batch_size}, {args.repeats} rounds; DataLoader workers: vlmexp {workers}, "
+          f"baseline {args.baseline_workers}")
     for name, values in rates.items():
         print(f"{name:>22}: {median[name]:7.2f} samples/s (rounds: {', '.join(f'{v:.2f}' for v in values)})")
     print(json.dumps({"vlmexp_samples_s": round(median["vlmexp"], 2),
                       "trainer_samples_s": round(median["transformers_trainer"], 2),
-                      "vlmexp_vs_trainer": round(median["vlmexp"] / median["transformers_trainer"], 2)}))
+                      "vlmexp_vs_trainer": round(median["vlmexp"] / median["transformers_trainer"], 2),
+                      "vlmexp_workers": workers, "trainer_workers": args.baseline_workers}))
 
 
 if __name__ == "__main__":

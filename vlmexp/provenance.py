@@ -22,7 +22,7 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     """Hash of the resolved config parts that affect predictions. The engine's own ``execution_keys``
     (how it runs, not what it answers), the task's ``derived_keys`` (what it makes of the stored
     predictions) and ``data.limit`` are left out, so that, for example, raising data.limit or
-    engine.concurrency reuses the finished predictions."""
+    engine.concurrency reuses the finished predictions; ``train.num_workers`` likewise."""
     from hydra.utils import get_class
 
     execution_keys = get_class(cfg.engine._target_).execution_keys
@@ -43,6 +43,8 @@ def config_fingerprint(cfg: DictConfig, mode: str) -> str:
     data["hardware"] = {k: data["hardware"][k] for k in ("precision", "quantization")}
     if "train" not in mode:
         data.pop("train", None)
+    else:  # how many processes read the training examples changes no weight
+        data["train"].pop("num_workers", None)
     data["mode"] = mode
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -83,6 +83,10 @@ class TrainConfig:
     freeze_projector: bool = False
     freeze_llm: bool = False
     gradient_checkpointing: bool = False
+    # DataLoader worker processes that read the training examples and build their batches while the
+    # model trains (0: in the training process; null: one where a core is left for it, else none).
+    # How it runs, not what it learns: not in the fingerprint.
+    num_workers: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

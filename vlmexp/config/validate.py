@@ -66,6 +66,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={train.lr}: must be > 0")
     if train.patience < 1:
         raise ConfigError(f"train.patience={train.patience}: must be >= 1")
+    if train.num_workers is not None and train.num_workers < 0:
+        raise ConfigError(f"train.num_workers={train.num_workers}: must be >= 0 (0 reads the examples in the "
+                          "training process) or null (one worker where a core is left for it)")
     ev = cfg.get("eval")
     if ev is not None and ev.bootstrap < 0:
         raise ConfigError(f"eval.bootstrap={ev.bootstrap}: must be >= 0 resamples (0 turns intervals off)")

@@ -28,6 +28,7 @@ from vlmexp.errors import ConfigError, DataError
 from vlmexp.models.adapters import model_adapter
 from vlmexp.provenance import dataset_fingerprint
 from vlmexp.tracking.names import logged
+from vlmexp.trainers.batches import SkippedExamples, SkippingCollate, TrainingExamples, loader_workers
 from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult, stage_param
 from vlmexp.trainers.modules import count_parameters, freeze_parts, set_trainable, with_lora
 from vlmexp.trainers.protocols import ClassifierTask, require
@@ -38,28 +39,15 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "training.json"
 
 
-class ExampleSet:
-    """(request, class index) per training example; None, counted, where the image cannot be read."""
+class ClassIndex:
+    """(request, answer) -> (request, the answer's class index); DataError for an answer that is no class."""
 
-    def __init__(self, examples, class_names: Sequence[str]):
-        self.examples = examples
+    def __init__(self, class_names: Sequence[str]):
         self.index = {name: i for i, name in enumerate(class_names)}
-        self.unreadable: set[str] = set()
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i):
-        from vlmexp.data.images import UnreadableImage
-
-        example = self.examples[i]
-        try:
-            request, answer = example.load()
-        except UnreadableImage:
-            self.unreadable.add(example.id)
-            return None
+    def __call__(self, request, answer: str):
         if answer not in self.index:
-            raise DataError(f"training example {example.id}: answer {answer!r} is not a class ({list(self.index)})")
+            raise DataError(f"answer {answer!r} is not a class ({list(self.index)})")
         return request, self.index[answer]
 
 
@@ -67,9 +55,8 @@ class ClassifierTrainer(Objective):
     settings = ClassifierTrainConfig
     settings_option = "classifier"
 
-    def __init__(self, class_weights: Sequence[float] | None = None, num_workers: int = 0):
+    def __init__(self, class_weights: Sequence[float] | None = None):
         self.class_weights = list(class_weights) if class_weights is not None else None
-        self.num_workers = num_workers
 
     # -- entry point ----------------------------------------------------------------------------
     def fit(self, run, task, splits) -> TrainResult:
@@ -103,8 +90,10 @@ class ClassifierTrainer(Objective):
         self.module = VLMClassifier(backbone, task.head, len(task.class_names))
         self.classifier = Classifier(self.module, self.processor, task.class_names,
                                      backbone_spec(run.cfg.model, source), self.adapter)
-        self.train_set = ExampleSet(task.training_examples(splits.train), task.class_names)
-        self.val_set = ExampleSet(task.training_examples(splits.val), task.class_names)
+        to_class = ClassIndex(task.class_names)
+        self.train_set = TrainingExamples(task.training_examples(splits.train), to_class)
+        self.val_set = TrainingExamples(task.training_examples(splits.val), to_class)
+        self.skipped = SkippedExamples()  # unreadable examples met outside the loop's training batches
         self.run, self.weights = run, None
         self.features = None  # pooled features of (train, val), valid while the backbone does not change
         self.backbone_changed, self.best_stage, self.stage_index = False, 0, 0
@@ -131,9 +120,9 @@ class ClassifierTrainer(Objective):
         self.best = _snapshot(module)  # the best weights so far are the current ones
         if stage.backbone == "frozen":
             if self.features is None:
-                self.features = tuple(self._extract(accelerator, module, self.classifier, split,
-                                                    stage.train.batch_size) for split in (self.train_set, self.val_set))
-            return StageData(self.features[0], self.features[1], _stack_features)
+                self.features = tuple(self._extract(accelerator, split, stage.train)
+                                      for split in (self.train_set, self.val_set))
+            return StageData(self.features[0], self.features[1], _stack_features, in_memory=True)
         self.features = None
         self.backbone_changed = self.backbone_changed or stage.backbone == "full"
         return StageData(self.train_set, self.val_set, _RequestCollator(self.processor, self.adapter))
@@ -152,14 +141,15 @@ class ClassifierTrainer(Objective):
         import torch
         from accelerate.utils import send_to_device
 
-        loader = torch.utils.data.DataLoader(data.val, batch_size=self._stages[self.stage_index].train.batch_size,
-                                             shuffle=False, collate_fn=data.collate)
+        train = self._stages[self.stage_index].train
+        loader = torch.utils.data.DataLoader(data.val, batch_size=train.batch_size, shuffle=False,
+                                             **loader_workers(0 if data.in_memory else train.num_workers,
+                                                              accelerator.device.type),
+                                             collate_fn=SkippingCollate(data.collate))
         self.module.eval()
         total, weight = 0.0, 0.0
         with torch.no_grad(), accelerator.autocast():
-            for batch in loader:
-                if not batch:
-                    continue
+            for batch in self.skipped.batches(loader):
                 batch = send_to_device(batch, accelerator.device)
                 labels = batch.pop("labels")
                 total += float(self._loss(self.module(**batch), labels, reduction="sum"))
@@ -173,7 +163,7 @@ class ClassifierTrainer(Objective):
         _restore(self.module, self.best)
 
     def unreadable(self) -> set[str]:
-        return self.train_set.unreadable | self.val_set.unreadable
+        return set(self.skipped.ids)
 
     def finish(self, run, progress: Progress, stopper: EarlyStopping) -> TrainResult:
         self.module.eval()
@@ -203,14 +193,16 @@ class ClassifierTrainer(Objective):
                                 "model.total_params": summary["total_params"]})
         return TrainResult(classifier, classifier.processor, checkpoint, summary["best_epoch"], summary["history"])
 
-    @staticmethod
-    def _extract(accelerator, module, classifier, data: ExampleSet, batch_size: int):
+    def _extract(self, accelerator, data: TrainingExamples, train):
         """Pooled backbone features and labels of every readable example (the backbone is frozen)."""
         import torch
         from accelerate.utils import send_to_device
 
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                             collate_fn=_RequestCollator(classifier.processor, classifier.adapter))
+        module, classifier = self.module, self.classifier
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=train.batch_size, shuffle=False,
+            **loader_workers(train.num_workers, accelerator.device.type),
+            collate_fn=SkippingCollate(_RequestCollator(classifier.processor, classifier.adapter)))
         # Device placement only: accelerator.prepare_model here would register the module, and the loop's
         # prepare then leaves it without DDP (the processes' gradients never averaged). A quantised
         # backbone was placed when loaded.
@@ -219,9 +211,8 @@ class ClassifierTrainer(Objective):
         module.eval()
         feats, labels = [], []
         with torch.no_grad(), accelerator.autocast():
-            for batch in tqdm(loader, desc="backbone features", unit="batch", dynamic_ncols=True):
-                if not batch:
-                    continue
+            for batch in self.skipped.batches(tqdm(loader, desc="backbone features", unit="batch",
+                                                   dynamic_ncols=True)):
                 batch = send_to_device(batch, accelerator.device)
                 labels.append(batch.pop("labels").cpu())
                 feats.append(module.features(**batch).float().cpu())
@@ -251,7 +242,7 @@ def _configure_backbone(module, stage: Stage, adapter) -> None:
 
 
 class _RequestCollator:
-    """Encodes a batch of (request, label) through the model's adapter; drops unreadable (None) items."""
+    """Encodes a batch of (request, label) through the model's adapter."""
 
     def __init__(self, processor, adapter):
         self.processor, self.adapter = processor, adapter
@@ -261,9 +252,6 @@ class _RequestCollator:
 
         from vlmexp.models.classifier import encode
 
-        items = [item for item in items if item is not None]
-        if not items:
-            return {}
         batch = dict(encode(self.processor, [request for request, _ in items], self.adapter))
         batch["labels"] = torch.tensor([label for _, label in items])
         return batch

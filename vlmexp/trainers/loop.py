@@ -1,13 +1,14 @@
 """The one training loop. Objectives (supervised fine-tuning, a classifier head) plug into it.
 
-The loop owns what every training shares: data loaders (shuffled by a generator seeded per stage),
-AdamW over the trainable parameters with warmup and cosine decay, accelerate (devices, mixed
-precision, data parallelism), gradient accumulation and clipping, ``train.max_steps``, validation
-after every epoch (and every ``train.eval_every_steps`` optimizer steps), early stopping on the
-validation loss over all stages, the loss history, keeping and restoring the best weights, and exact
-resume after a kill (for objectives that save their state). An objective says what is trained and
-how: the model and its stages, the batches, the loss, the validation loss, and how the best weights
-are kept and the result saved.
+The loop owns what every training shares: data loaders (shuffled by a generator seeded per stage;
+batches built in ``train.num_workers`` worker processes while the model trains, see
+``vlmexp.trainers.batches``), AdamW over the trainable parameters with warmup and cosine decay,
+accelerate (devices, mixed precision, data parallelism), gradient accumulation and clipping,
+``train.max_steps``, validation after every epoch (and every ``train.eval_every_steps`` optimizer
+steps), early stopping on the validation loss over all stages, the loss history, keeping and
+restoring the best weights, and exact resume after a kill (for objectives that save their state).
+An objective says what is trained and how: the model and its stages, the batches, the loss, the
+validation loss, and how the best weights are kept and the result saved.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from vlmexp import distributed
 from vlmexp.errors import VlmexpError
 from vlmexp.tracking.names import logged
+from vlmexp.trainers.batches import SkippedExamples, SkippingCollate, loader_workers
 from vlmexp.trainers.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,13 @@ class TrainResult:
 
 @dataclass
 class StageData:
-    """What one stage trains on: datasets (items may be None for unreadable examples) and their collate."""
+    """What one stage trains on: datasets (items may be ``Unreadable``) and the collate of their readable
+    items; ``in_memory`` data (extracted features) is read without worker processes."""
 
     train: Any
     val: Any
     collate: Any
+    in_memory: bool = False
 
 
 class EarlyStopping:
@@ -102,8 +106,6 @@ class Objective(ABC):
 
     #: Whether the loop saves the state after every epoch and resumes from it after a kill.
     resumable: bool = False
-    #: DataLoader worker processes for the training data.
-    num_workers: int = 0
     #: The structured config of ``train.*`` this trainer reads, and the ``trainer=`` option that gives it.
     settings: type | None = None
     settings_option: str | None = None
@@ -147,7 +149,8 @@ class Objective(ABC):
         """Put the weights last kept by :meth:`keep_best` back into the model."""
 
     def unreadable(self) -> set[str]:
-        """Ids of examples skipped so far because their image could not be read."""
+        """Ids of examples skipped so far because their image could not be read, beyond those of the
+        training batches (the loop counts those)."""
         return set()
 
     @abstractmethod
@@ -167,6 +170,7 @@ class Objective(ABC):
 class TrainingLoop:
     def __init__(self, run, objective: Objective):
         self.run, self.objective = run, objective
+        self.skipped = SkippedExamples()  # unreadable training examples
 
     def fit(self, task, splits) -> TrainResult:
         from accelerate import Accelerator
@@ -200,9 +204,12 @@ class TrainingLoop:
         run, objective, cfg = self.run, self.objective, stage.train
         accelerator.gradient_accumulation_steps = cfg.grad_accum
         generator = torch.Generator().manual_seed(run.cfg.seed + index)
+        workers = loader_workers(0 if data.in_memory else cfg.num_workers, run.placement.device)
+        # Workers are started for each epoch (not persistent): a new iterator draws its seed from the
+        # generator, as without workers, so the shuffles, and a resumed run's, do not depend on them.
         loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                                             num_workers=objective.num_workers,
-                                             collate_fn=data.collate)
+                                             **workers,
+                                             collate_fn=SkippingCollate(data.collate))
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Counted in optimizer steps (each process takes every N-th batch), given to the scheduler in its
@@ -216,8 +223,9 @@ class TrainingLoop:
         stopper.patience, stopper.bad = cfg.patience, 0
         effective = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
         run.tracker.log_params({stage_param("train.effective_batch_size", index): effective})
-        log.info("%s: %d examples per optimizer step (%d per process x %d processes x %d accumulated)",
-                 stage.name, effective, cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
+        log.info("%s: %d examples per optimizer step (%d per process x %d processes x %d accumulated); batches "
+                 "built in %d worker processes", stage.name, effective, cfg.batch_size, accelerator.num_processes,
+                 cfg.grad_accum, workers["num_workers"])
         first_epoch, stage_steps = progress.epoch, 0
         saved = objective.load_state(run, optimizer, scheduler, generator) if objective.resumable else None
         if saved is not None:
@@ -249,9 +257,7 @@ class TrainingLoop:
             model.train()
             epoch_losses = []
             bar = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{last}", unit="batch", dynamic_ncols=True)
-            for batch in bar:
-                if not batch:  # every image of the batch was unreadable
-                    continue
+            for batch in self.skipped.batches(bar):
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
                 with accelerator.accumulate(model):
                     loss = objective.loss(model, batch)
@@ -277,7 +283,7 @@ class TrainingLoop:
             if improved:
                 objective.keep_best(accelerator)
             progress.epoch = epoch
-            progress.unreadable |= objective.unreadable()
+            progress.unreadable |= self.skipped.ids | objective.unreadable()
             if objective.resumable and accelerator.is_main_process:
                 objective.save_state(run, optimizer, scheduler, generator, progress.to_dict(stopper))
             accelerator.wait_for_everyone()

@@ -18,6 +18,7 @@ from pathlib import Path
 from vlmexp.config.schema import SFTTrainConfig
 from vlmexp.errors import ConfigError
 from vlmexp.models.adapters import model_adapter
+from vlmexp.trainers.batches import SkippedExamples, SkippingCollate, TrainingExamples, loader_workers
 from vlmexp.trainers.loop import EarlyStopping, Objective, Progress, StageData, TrainResult, optimizer_step
 from vlmexp.trainers.modules import count_parameters, freeze_parts, unfrozen_parts, with_lora
 from vlmexp.trainers.protocols import EpochMetricsTask, SupervisedTask, require
@@ -27,31 +28,6 @@ from vlmexp.trainers.state import is_peft, load_train_state, restore_best, save_
 log = logging.getLogger(__name__)
 
 __all__ = ["EarlyStopping", "SFTTrainer", "TrainResult", "optimizer_step"]
-
-
-class ExampleDataset:
-    """Builds features lazily; an example whose image cannot be read yields None (``collate`` leaves
-    it out) and its id is added to ``corrupt``, in the process that reads it (num_workers=0: this one)."""
-
-    def __init__(self, examples, processor, adapter):
-        self.examples, self.processor, self.adapter = examples, processor, adapter
-        self.corrupt: set[str] = set()
-
-    def __len__(self):
-        return len(self.examples)
-
-    def __getitem__(self, i):
-        from vlmexp.data.images import UnreadableImage
-
-        example = self.examples[i]
-        try:
-            request, answer = example.load()
-        except UnreadableImage as exc:
-            if example.id not in self.corrupt:
-                log.warning("skipping unreadable training image: %s", exc)
-            self.corrupt.add(example.id)
-            return None
-        return self.adapter.supervised_features(self.processor, request, answer)
 
 
 def check_quantization(train_cfg, device: str) -> None:
@@ -70,9 +46,6 @@ class SFTTrainer(Objective):
     resumable = True
     settings = SFTTrainConfig
     settings_option = "sft"
-
-    def __init__(self, num_workers: int = 0):
-        self.num_workers = num_workers
 
     # -- model preparation ------------------------------------------------------------------
     def prepare_model(self, run):
@@ -118,9 +91,10 @@ class SFTTrainer(Objective):
         log.info("trainable parameters: %s of %s", f"{trainable:,}", f"{total:,}")
         if trainable == 0:
             raise ConfigError("train.freeze_*: every parameter is frozen; nothing to train")
-        self.train_set = ExampleDataset(task.training_examples(splits.train), self.processor, self.adapter)
-        self.val_set = (ExampleDataset(task.training_examples(splits.val), self.processor, self.adapter)
-                        if splits.val else None)
+        features = partial(self.adapter.supervised_features, self.processor)  # built where the example is read
+        self.train_set = TrainingExamples(task.training_examples(splits.train), features)
+        self.val_set = TrainingExamples(task.training_examples(splits.val), features) if splits.val else None
+        self.val_skipped = SkippedExamples()
         self.best_dir, self.state_dir = run.work_dir / "checkpoint", run.work_dir / "train_state"
         return model
 
@@ -138,7 +112,8 @@ class SFTTrainer(Objective):
         self.val_loader = None
         if self.val_set is not None:
             loader = torch.utils.data.DataLoader(self.val_set, batch_size=stage.train.batch_size, shuffle=False,
-                                                 collate_fn=self._collate())
+                                                 **loader_workers(stage.train.num_workers, accelerator.device.type),
+                                                 collate_fn=SkippingCollate(self._collate()))
             self.val_loader = accelerator.prepare(loader)
         return StageData(self.train_set, self.val_set, self._collate())
 
@@ -156,7 +131,7 @@ class SFTTrainer(Objective):
     def validation_loss(self, model, data: StageData, accelerator) -> float | None:
         if self.val_loader is None:
             return None
-        return self._val_loss(model, self.val_loader, accelerator, self.adapter)
+        return self._val_loss(model, self.val_skipped.batches(self.val_loader), accelerator, self.adapter)
 
     def epoch_metrics(self, run, task, accelerator, model, splits) -> dict[str, float]:
         """The task's own validation metrics (e.g. exact match of generated answers), if it has any."""
@@ -178,7 +153,7 @@ class SFTTrainer(Objective):
         restore_best(self.model, self.best_dir)
 
     def unreadable(self) -> set[str]:
-        return self.train_set.corrupt | (self.val_set.corrupt if self.val_set else set())
+        return set(self.val_skipped.ids)
 
     def save_state(self, run, optimizer, scheduler, generator, progress: dict) -> None:
         save_train_state(self.state_dir, self.model, optimizer, scheduler, generator, progress)
@@ -191,16 +166,14 @@ class SFTTrainer(Objective):
         return TrainResult(self.model, self.processor, Path(self.best_dir), stopper.best_epoch, progress.history)
 
     @staticmethod
-    def _val_loss(model, loader, accelerator, adapter) -> float:
-        """Mean loss per answer token over the validation set."""
+    def _val_loss(model, batches, accelerator, adapter) -> float:
+        """Mean loss per answer token over the validation batches."""
         import torch
 
         model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
-            for batch in loader:
-                if not batch:
-                    continue
+            for batch in batches:
                 tokens = int((batch["labels"][:, 1:] != -100).sum())
                 loss = adapter.forward(model, batch).loss
                 total += float(accelerator.gather_for_metrics((loss.detach() * tokens).reshape(1)).sum())
